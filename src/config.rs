@@ -42,6 +42,10 @@ pub struct WorkerConfig {
     pub result_expires: Option<Duration>,
     pub unknown_tasks: UnknownTasks,
     pub task_events: bool,
+    /// Seconds between worker-heartbeat events; `None` with `--without-heartbeat`.
+    pub heartbeat_interval: Option<f64>,
+    /// `(task name, rate)` from `--task-rate-limit`.
+    pub rate_limits: Vec<(String, String)>,
     pub diagnostic_tasks: bool,
 }
 

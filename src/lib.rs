@@ -10,7 +10,8 @@
 //!   [`pipeline`]: the FITS jobs shared by tasks and CLI; [`paths`]: data-root confinement;
 //!   [`fixtures`]: synthetic data with known truth.
 //! - [`worker`]: fetch loop, prefetch and concurrency control, ETA timer, execution, shutdown.
-//! - [`control`]: Celery remote control (pidbox): the worker's mailbox and the caller's side.
+//! - [`control`]: Celery remote control (pidbox): the worker's mailbox and the caller's side;
+//!   [`events`]: Celery events (`celeryev`) for Flower and `celery events`.
 //! - [`config`], [`cli`], [`telemetry`]: flags, environment and logging.
 
 pub mod backend;
@@ -20,6 +21,7 @@ pub mod compute;
 pub mod config;
 pub mod connection;
 pub mod control;
+pub mod events;
 pub mod fits;
 pub mod fixtures;
 pub mod paths;

@@ -6,6 +6,8 @@
 //! `AsyncResult.get()` waits on that channel. A stored SUCCESS is never overwritten (Celery's
 //! duplicate guard).
 
+pub mod chord;
+
 use std::time::Duration;
 
 use redis::AsyncCommands as _;

@@ -39,7 +39,8 @@ pub struct WorkerArgs {
     #[arg(short = 'n', long, env = "CELERY_WORKER_HOSTNAME")]
     pub hostname: Option<String>,
 
-    /// Send task events (accepted; astroworker sends no events yet).
+    /// Send task events (task-received, -started, -succeeded, …) for Flower and `celery events`.
+    /// Worker events (online, heartbeat, offline) are always sent, as in Celery.
     #[arg(short = 'E', long = "task-events", env = "CELERY_WORKER_TASK_EVENTS")]
     pub task_events: bool,
 
@@ -96,9 +97,18 @@ pub struct WorkerArgs {
     #[arg(short = 'P', long = "pool", hide = true)]
     pub pool: Option<String>,
 
-    /// Accepted for compatibility.
-    #[arg(long, hide = true)]
+    /// Send no worker-heartbeat events (monitors then show the worker offline).
+    #[arg(long)]
     pub without_heartbeat: bool,
+
+    /// Seconds between worker-heartbeat events.
+    #[arg(long, value_name = "SECONDS", default_value_t = crate::events::HEARTBEAT_FREQ)]
+    pub heartbeat_interval: f64,
+
+    /// A task type's rate limit, as Celery writes it: `NAME=10/m` (also `/s`, `/h`, or a bare
+    /// number per second). Repeatable; `control rate_limit` changes it at run time.
+    #[arg(long = "task-rate-limit", value_name = "NAME=RATE")]
+    pub task_rate_limits: Vec<String>,
     /// Accepted for compatibility.
     #[arg(long, hide = true)]
     pub without_gossip: bool,
@@ -147,6 +157,18 @@ impl WorkerArgs {
                 positive(name, v)?;
             }
         }
+        let heartbeat = positive("--heartbeat-interval", self.heartbeat_interval)?;
+        let mut rate_limits = Vec::new();
+        for spec in &self.task_rate_limits {
+            let Some((name, rate)) = spec.split_once('=') else {
+                return Err(ConfigError::Invalid(format!(
+                    "--task-rate-limit {spec:?}: expected NAME=RATE (e.g. fits.stack=10/m)"
+                )));
+            };
+            crate::worker::rate::parse_rate(rate)
+                .map_err(|e| ConfigError::Invalid(format!("--task-rate-limit {spec:?}: {e}")))?;
+            rate_limits.push((name.trim().to_string(), rate.trim().to_string()));
+        }
         Ok(WorkerConfig {
             broker,
             backend,
@@ -162,6 +184,8 @@ impl WorkerArgs {
             result_expires: (expires > 0.0).then(|| config::seconds(expires)),
             unknown_tasks: self.unknown_tasks,
             task_events: self.task_events,
+            heartbeat_interval: (!self.without_heartbeat && heartbeat > 0.0).then_some(heartbeat),
+            rate_limits,
             diagnostic_tasks: self.diagnostic_tasks,
         })
     }

@@ -32,6 +32,8 @@ pub enum CommandError {
     UnknownCommand(String),
     #[error("TypeError({})", pyrepr::repr(&Value::String(.0.clone())))]
     BadArguments(String),
+    #[error("ValueError({})", pyrepr::repr(&Value::String(.0.clone())))]
+    Value(String),
 }
 
 /// Runs one request meant for this node.
@@ -43,7 +45,7 @@ pub(crate) async fn dispatch(shared: &Arc<Shared>, req: &ControlRequest) -> Outc
                 CommandError::UnknownCommand(name) => {
                     tracing::error!(target: "astroworker::control", "No such control command: {name}");
                 }
-                CommandError::BadArguments(_) => {
+                CommandError::BadArguments(_) | CommandError::Value(_) => {
                     tracing::error!(target: "astroworker::control", "pidbox command error: {e}");
                 }
             }
@@ -154,6 +156,36 @@ async fn run(
         "terminate" => revoke(shared, args, true).await,
         "conf" | "dump_conf" => reply(stats::conf(shared)),
         "time_limit" => time_limit(shared, args),
+        "rate_limit" => rate_limit(shared, args),
+        "pool_grow" | "pool_shrink" => {
+            let n = match args.get("n") {
+                None | Some(Value::Null) => 1,
+                Some(v) => v
+                    .as_u64()
+                    .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+                    .ok_or_else(|| {
+                        CommandError::BadArguments(format!("{method}(): n must be an integer"))
+                    })? as usize,
+            };
+            if method == "pool_grow" {
+                shared.pool.grow(n);
+                tracing::info!(
+                    "Pool grown by {n} to {} (remote control)",
+                    shared.pool.size()
+                );
+                ok("pool will grow")
+            } else {
+                shared
+                    .pool
+                    .shrink(n)
+                    .map_err(|e| CommandError::Value(e.to_string()))?;
+                tracing::info!(
+                    "Pool shrunk by {n} to {} (remote control)",
+                    shared.pool.size()
+                );
+                ok("pool will shrink")
+            }
+        }
         "add_consumer" => add_consumer(shared, args).await,
         "cancel_consumer" => {
             let queue = required_str(args, "queue", "cancel_consumer")?;
@@ -165,15 +197,20 @@ async fn run(
         "enable_events" | "disable_events" => {
             let enable = method == "enable_events";
             let word = if enable { "enabled" } else { "disabled" };
-            if shared.set_task_events(enable) {
+            if shared.events.set_task_events(enable) {
                 tracing::info!("Events of group {{task}} {word} by remote.");
                 ok(format!("task events {word}"))
             } else {
                 ok(format!("task events already {word}"))
             }
         }
-        // astroworker sends no events yet; Celery answers None.
-        "heartbeat" => reply(Value::Null),
+        "heartbeat" => {
+            tracing::debug!(target: "astroworker::control", "Heartbeat requested by remote.");
+            shared
+                .events
+                .worker("worker-heartbeat", 5.0, shared.event_counts());
+            reply(Value::Null)
+        }
         "hello" => reply(hello(shared, args)?),
         "shutdown" => {
             let msg = args
@@ -297,6 +334,7 @@ fn registered(shared: &Shared, args: &Map<String, Value>) -> Value {
                         "acks_late" => Some(python_bool(
                             def.options.acks_late.unwrap_or(shared.config.acks_late),
                         )),
+                        "rate_limit" => shared.rate_limits.get(&def.name),
                         _ => None,
                     }?;
                     Some(format!("{item}={value}"))
@@ -337,11 +375,12 @@ async fn revoke(
         .get("signal")
         .and_then(Value::as_str)
         .unwrap_or("SIGTERM");
+    let signum = signal_number(signal);
     let running = shared.state.terminate(&ids);
     let mut terminated: Vec<String> = Vec::new();
     for req in &running {
         tracing::info!("Terminating {} ({signal})", req.id);
-        shared.store_revoked(req, "terminated").await;
+        shared.revoked(req, "terminated", Some(signum)).await;
         terminated.push(req.id.clone());
     }
     // Celery also counts requests it holds but has not started (they never will).
@@ -354,6 +393,50 @@ async fn revoke(
         ok("terminate: tasks unknown")
     } else {
         ok(format!("terminate: {}", terminated.join(", ")))
+    }
+}
+
+/// `rate_limit`: Celery's replies and log lines; an invalid rate leaves the old one.
+fn rate_limit(shared: &Shared, args: &Map<String, Value>) -> Result<Outcome, CommandError> {
+    let task = args.get("task_name").and_then(Value::as_str).unwrap_or("");
+    let rate = match args.get("rate_limit") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    if let Err(e) = crate::worker::rate::parse_rate(&rate) {
+        return nok(format!("Invalid rate limit string: {e}"));
+    }
+    if shared.registry.get(task).is_none() {
+        tracing::error!("Rate limit attempt for unknown task {task}");
+        return nok("unknown task");
+    }
+    match shared.rate_limits.set(task, &rate) {
+        Ok(false) => {
+            tracing::info!("Rate limits disabled for tasks of type {task}");
+            ok("rate limit disabled successfully")
+        }
+        Ok(true) => {
+            tracing::info!("New rate limit for tasks of type {task}: {rate}.");
+            ok("new rate limit set successfully")
+        }
+        Err(e) => nok(format!("Invalid rate limit string: {e}")),
+    }
+}
+
+/// The number of a signal named as Celery accepts it (`SIGTERM`, `TERM`, `9`); SIGTERM if unknown.
+fn signal_number(name: &str) -> i32 {
+    let upper = name.trim().to_ascii_uppercase();
+    let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+    match bare {
+        "HUP" => 1,
+        "INT" => 2,
+        "QUIT" => 3,
+        "KILL" => 9,
+        "USR1" => 10,
+        "USR2" => 12,
+        "TERM" => 15,
+        other => other.parse().unwrap_or(15),
     }
 }
 

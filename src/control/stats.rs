@@ -25,7 +25,7 @@ pub(crate) fn stats(shared: &Shared) -> Value {
         "uptime": shared.started.elapsed().as_secs(),
         "pool": {
             "implementation": "astroworker:ThreadPool",
-            "max-concurrency": c.concurrency,
+            "max-concurrency": shared.pool.size(),
             // Tasks run on threads of this one process.
             "processes": [pid],
             "max-tasks-per-child": "N/A",
@@ -48,7 +48,7 @@ pub(crate) fn stats(shared: &Shared) -> Value {
             "failover_strategy": "round-robin",
             "alternates": [],
         },
-        "prefetch_count": c.prefetch_count(),
+        "prefetch_count": shared.pool.prefetch_count(),
         "rusage": rusage(),
     })
 }

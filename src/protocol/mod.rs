@@ -5,6 +5,7 @@
 //! Only `application/json` is accepted, like a worker with `accept_content=["json"]`.
 
 pub mod pyrepr;
+pub mod signature;
 pub mod time;
 
 use chrono::{DateTime, Utc};

@@ -24,6 +24,8 @@ pub fn register(registry: &mut Registry, diagnostics: bool) {
             },
         ));
         registry.register(TaskDef::new("astroworker.diag.progress", progress));
+        registry.register(TaskDef::new("astroworker.diag.add", add));
+        registry.register(TaskDef::new("astroworker.diag.tsum", tsum));
     }
 }
 
@@ -62,6 +64,38 @@ fn echo(_: &TaskContext, a: Args) -> TaskResult {
     }
     let p: P = a.bind("astroworker.diag.echo", &["value"])?;
     Ok(p.value)
+}
+
+/// `x + y` (integers stay integers): the arithmetic step of canvas tests.
+fn add(_: &TaskContext, a: Args) -> TaskResult {
+    #[derive(Deserialize)]
+    struct P {
+        x: serde_json::Number,
+        y: serde_json::Number,
+    }
+    let p: P = a.bind("astroworker.diag.add", &["x", "y"])?;
+    Ok(number_sum([&p.x, &p.y]))
+}
+
+/// `sum(values)`: the chord callback of canvas tests.
+fn tsum(_: &TaskContext, a: Args) -> TaskResult {
+    #[derive(Deserialize)]
+    struct P {
+        values: Vec<serde_json::Number>,
+    }
+    let p: P = a.bind("astroworker.diag.tsum", &["values"])?;
+    Ok(number_sum(&p.values))
+}
+
+/// Python's `sum` of numbers: an int while every term is one.
+fn number_sum<'a>(terms: impl IntoIterator<Item = &'a serde_json::Number>) -> Value {
+    let mut int: Option<i64> = Some(0);
+    let mut float = 0.0;
+    for t in terms {
+        int = int.and_then(|acc| t.as_i64().and_then(|v| acc.checked_add(v)));
+        float += t.as_f64().unwrap_or(f64::NAN);
+    }
+    int.map_or_else(|| json!(float), |i| json!(i))
 }
 
 fn sleep(ctx: &TaskContext, a: Args) -> TaskResult {
@@ -195,6 +229,22 @@ mod tests {
         assert_eq!(
             run("astroworker.diag.progress", json!([3]), json!({})).unwrap(),
             json!(3)
+        );
+        assert_eq!(
+            run("astroworker.diag.add", json!([2, 3]), json!({})).unwrap(),
+            json!(5)
+        );
+        assert_eq!(
+            run("astroworker.diag.add", json!([2, 0.5]), json!({})).unwrap(),
+            json!(2.5)
+        );
+        assert_eq!(
+            run("astroworker.diag.tsum", json!([[1, 2, 3]]), json!({})).unwrap(),
+            json!(6)
+        );
+        assert_eq!(
+            run("astroworker.diag.tsum", json!([[]]), json!({})).unwrap(),
+            json!(0)
         );
         assert!(run("astroworker.diag.sleep", json!([-1]), json!({})).is_err());
     }

@@ -67,6 +67,7 @@ pub(crate) async fn execute(shared: Arc<Shared>, reserved: Reserved, slot: Owned
         prefetch.take();
     }
     let store_results = !(req.ignore_result || def.options.ignore_result);
+    shared.events.task("task-started", &req.id, []);
     if shared.config.track_started && store_results {
         let meta = json!({"pid": std::process::id(), "hostname": shared.config.hostname});
         shared
@@ -96,23 +97,29 @@ pub(crate) async fn execute(shared: Arc<Shared>, reserved: Reserved, slot: Owned
                 "Task {name}[{id}] succeeded in {runtime:.6}s: {}",
                 short_repr(&value)
             );
+            let children = shared.on_success(&req, &value).await;
             if store_results {
                 shared
-                    .store(&req, State::Success, value, None, Vec::new())
+                    .store(&req, State::Success, value.clone(), None, children)
                     .await;
             }
+            shared.on_ready(&req, State::Success, &value).await;
+            shared.events.task(
+                "task-succeeded",
+                &req.id,
+                [
+                    ("result", json!(short_repr(&value))),
+                    ("runtime", json!(runtime)),
+                ],
+            );
         }
         Outcome::Raised(TaskError::Retry(retry)) => {
             shared.retry(&req, &def, retry, store_results).await;
         }
         Outcome::Raised(TaskError::Exception { exc, traceback }) => {
             tracing::error!("Task {name}[{id}] raised unexpected: {}", exc.repr());
-            if store_results {
-                let tb = traceback.unwrap_or_else(|| default_traceback(&req, &exc));
-                shared
-                    .store(&req, State::Failure, exc.to_json(), Some(tb), Vec::new())
-                    .await;
-            }
+            let tb = traceback.unwrap_or_else(|| default_traceback(&req, &exc));
+            shared.fail(&req, &exc, Some(tb), store_results).await;
         }
         Outcome::Raised(TaskError::SoftTimeLimitExceeded) => {
             let exc = ExceptionInfo {
@@ -124,43 +131,32 @@ pub(crate) async fn execute(shared: Arc<Shared>, reserved: Reserved, slot: Owned
                 ))],
             };
             tracing::error!("Task {name}[{id}] raised unexpected: {}", exc.repr());
-            if store_results {
-                let tb = default_traceback(&req, &exc);
-                shared
-                    .store(&req, State::Failure, exc.to_json(), Some(tb), Vec::new())
-                    .await;
-            }
+            let tb = default_traceback(&req, &exc);
+            shared.fail(&req, &exc, Some(tb), store_results).await;
         }
         // Cold shutdown: leave an acks-late message unacked so the shutdown restores it.
         // Other cancellations (hard time limit, terminate) were recorded by the canceller.
         Outcome::Raised(TaskError::Cancelled) => {
             if cancel.reason() == Some(CancelReason::Shutdown) {
                 tracing::warn!("Task {name}[{id}] cancelled by cold shutdown");
+                shared.events.task("task-cancelled", id, []);
                 finished = false;
             }
         }
         Outcome::HardTimeLimit(limit) => {
             tracing::error!("Hard time limit ({limit}s) exceeded for {name}[{id}]");
-            if store_results {
-                let exc = ExceptionInfo {
-                    exc_type: "TimeLimitExceeded".into(),
-                    exc_module: "billiard.exceptions".into(),
-                    exc_message: vec![json_number(limit)],
-                };
-                shared
-                    .store(&req, State::Failure, exc.to_json(), None, Vec::new())
-                    .await;
-            }
+            let exc = ExceptionInfo {
+                exc_type: "TimeLimitExceeded".into(),
+                exc_module: "billiard.exceptions".into(),
+                exc_message: vec![json_number(limit)],
+            };
+            shared.fail(&req, &exc, None, store_results).await;
         }
         Outcome::Panicked(message) => {
             let exc = ExceptionInfo::builtin("RuntimeError", format!("task panicked: {message}"));
             tracing::error!("Task {name}[{id}] raised unexpected: {}", exc.repr());
-            if store_results {
-                let tb = default_traceback(&req, &exc);
-                shared
-                    .store(&req, State::Failure, exc.to_json(), Some(tb), Vec::new())
-                    .await;
-            }
+            let tb = default_traceback(&req, &exc);
+            shared.fail(&req, &exc, Some(tb), store_results).await;
         }
     }
     if acks_late && finished {
@@ -255,11 +251,8 @@ impl Shared {
                 )
             });
             tracing::error!("Task {name}[{id}] raised unexpected: {}", exc.repr());
-            if store {
-                let tb = default_traceback(req, &exc);
-                self.store(req, State::Failure, exc.to_json(), Some(tb), Vec::new())
-                    .await;
-            }
+            let tb = default_traceback(req, &exc);
+            self.fail(req, &exc, Some(tb), store).await;
             return;
         }
         let countdown = retry
@@ -277,10 +270,7 @@ impl Shared {
             let exc =
                 ExceptionInfo::builtin("RuntimeError", format!("could not publish retry: {e}"));
             tracing::error!("Task {name}[{id}] raised unexpected: {}", exc.repr());
-            if store {
-                self.store(req, State::Failure, exc.to_json(), None, Vec::new())
-                    .await;
-            }
+            self.fail(req, &exc, None, store).await;
             return;
         }
         let reason = format!("Retry in {}s", python_float_text(countdown));
@@ -288,12 +278,23 @@ impl Shared {
             .exc
             .unwrap_or_else(|| ExceptionInfo::new("Retry", "celery.exceptions", reason.clone()));
         tracing::info!("Task {name}[{id}] retry: {reason}: {}", exc.repr());
+        let tb = format!("celery.exceptions.Retry: {reason}: {}\n", exc.repr());
         if store {
-            let tb = format!("celery.exceptions.Retry: {reason}: {}\n", exc.repr());
             let own = json!([[req.id, null], null]);
-            self.store(req, State::Retry, exc.to_json(), Some(tb), vec![own])
-                .await;
+            self.store(
+                req,
+                State::Retry,
+                exc.to_json(),
+                Some(tb.clone()),
+                vec![own],
+            )
+            .await;
         }
+        self.events.task(
+            "task-retried",
+            id,
+            [("exception", json!(exc.repr())), ("traceback", json!(tb))],
+        );
     }
 }
 

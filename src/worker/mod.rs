@@ -9,18 +9,20 @@
 //! Flow control is kombu's: a message is fetched only while fewer than `prefetch_multiplier ×
 //! concurrency` messages are unacked (ETA messages do not count, as in Celery).
 
+mod canvas;
 mod executor;
+mod pool;
+pub mod rate;
 pub mod revoked;
 pub mod shutdown;
 pub mod state;
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use chrono::Utc;
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
 
 use crate::backend::{BackendError, ExceptionInfo, ResultBackend, State, TaskMeta};
 use crate::broker::envelope::Envelope;
@@ -28,6 +30,7 @@ use crate::broker::{self, Broker, BrokerError, Delivery, Requeue};
 use crate::config::{UnknownTasks, WorkerConfig};
 use crate::connection::Backoff;
 use crate::control::clock::LamportClock;
+use crate::events::{Events, HEARTBEAT_FREQ, WorkerCounts};
 use crate::protocol::Request;
 use crate::tasks::{CancelReason, Registry};
 pub use shutdown::{Phase, Shutdown, StopReason, Trigger};
@@ -53,15 +56,16 @@ pub(crate) struct Shared {
     pub shutdown: Shutdown,
     /// `gen<pid>@<host>`, Celery's origin for messages this process publishes.
     pub origin: String,
-    /// The Lamport clock stamped on pidbox replies.
-    pub clock: LamportClock,
+    /// The Lamport clock stamped on pidbox replies and events.
+    pub clock: Arc<LamportClock>,
+    pub events: Events,
+    pub rate_limits: rate::RateLimits,
+    pub(crate) pool: pool::Pool,
     pub started: Instant,
     /// The queues consumed now (`-Q`, then `add_consumer`/`cancel_consumer`).
     queues: Mutex<Vec<QueueSpec>>,
     /// Bumped on every change of `queues`, so the fetch loop notices.
     queues_version: AtomicU64,
-    /// Task events switched on by the `enable_events` command (a worker started without `-E`).
-    task_events_by_remote: AtomicBool,
 }
 
 /// A consumed queue and how it is bound (kombu's direct binding).
@@ -103,6 +107,17 @@ impl Worker {
             std::process::id(),
             crate::config::local_hostname()
         );
+        let pool = pool::Pool::new(config.concurrency, config.prefetch_multiplier);
+        let clock = Arc::new(LamportClock::default());
+        let rate_limits = rate::RateLimits::default();
+        for (task, rate) in &config.rate_limits {
+            if !registry.names().any(|n| n == task) {
+                tracing::warn!("--task-rate-limit for {task}, which is not a registered task");
+            }
+            // Validated when the configuration was read.
+            let _ = rate_limits.set(task, rate);
+        }
+        let events = Events::new(&config.hostname, clock.clone(), config.task_events);
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
@@ -112,11 +127,13 @@ impl Worker {
                 state: WorkerState::new(),
                 shutdown: Shutdown::default(),
                 origin,
-                clock: LamportClock::default(),
+                clock,
+                events,
+                rate_limits,
+                pool,
                 started: Instant::now(),
                 queues: Mutex::new(queues),
                 queues_version: AtomicU64::new(0),
-                task_events_by_remote: AtomicBool::new(false),
             }),
         })
     }
@@ -154,16 +171,35 @@ impl Worker {
             );
         }
         shared.log_banner();
+        let (events_stop, events_stopped) = tokio::sync::oneshot::channel::<()>();
+        let publisher = {
+            let shared = shared.clone();
+            let url = shared.broker.url().clone();
+            tokio::spawn(async move {
+                let stop = async {
+                    let _ = events_stopped.await;
+                };
+                shared.events.publish_loop(url, stop).await;
+            })
+        };
+        shared
+            .events
+            .worker("worker-online", HEARTBEAT_FREQ, shared.event_counts());
+        let heart = tokio::spawn(beat(shared.clone()));
 
-        let concurrency = Arc::new(Semaphore::new(shared.config.concurrency));
         let consumer = tokio::spawn(consume(shared.clone()));
-        let dispatcher = tokio::spawn(dispatch(shared.clone(), concurrency.clone()));
+        let dispatcher = tokio::spawn(dispatch(shared.clone()));
         let timer = tokio::spawn(run_timer(shared.clone()));
         let maintenance = tokio::spawn(maintain(shared.clone()));
         let mailbox = tokio::spawn(crate::control::node::run(shared.clone()));
         tracing::info!("{} ready.", shared.config.hostname);
 
         shared.shutdown.reached(Phase::Warm).await;
+        // Like Celery, `worker-offline` goes out before in-flight tasks finish.
+        heart.abort();
+        shared
+            .events
+            .worker("worker-offline", HEARTBEAT_FREQ, shared.event_counts());
         // The mailbox removes its binding first, as Celery does at shutdown.
         let _ = mailbox.await;
         let _ = consumer.await;
@@ -174,9 +210,9 @@ impl Worker {
 
         // Warm: wait for running tasks (all slots free). Cold (or a cold request meanwhile):
         // cancel them and give back the unacked ones.
-        let all = u32::try_from(shared.config.concurrency).unwrap_or(u32::MAX);
+        let all = u32::try_from(shared.pool.size()).unwrap_or(u32::MAX);
         tokio::select! {
-            _ = concurrency.acquire_many(all) => {}
+            _ = shared.pool.slots.acquire_many(all) => {}
             _ = shared.shutdown.reached(Phase::Cold) => {
                 let unacked = shared.state.cancel_active(CancelReason::Shutdown);
                 for tag in unacked {
@@ -185,6 +221,8 @@ impl Worker {
             }
         }
         maintenance.abort();
+        let _ = events_stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(3), publisher).await;
         let reason = shared
             .shutdown
             .stop_reason()
@@ -222,14 +260,12 @@ impl Shared {
         removed
     }
 
-    /// Celery's `enable_events`/`disable_events` on the dispatcher's groups: a `-E` worker
-    /// (all groups) is "already enabled" and cannot be disabled; one without `-E` toggles the
-    /// `task` group. Returns whether anything changed.
-    pub(crate) fn set_task_events(&self, on: bool) -> bool {
-        if self.config.task_events {
-            return false;
+    /// The counters worker events carry.
+    pub(crate) fn event_counts(&self) -> WorkerCounts {
+        WorkerCounts {
+            active: self.state.active_count(),
+            processed: self.state.processed(),
         }
-        self.task_events_by_remote.swap(on, Ordering::SeqCst) != on
     }
 
     /// Waits until the broker answers, backing off, or until shutdown.
@@ -324,7 +360,7 @@ impl Shared {
     pub(crate) async fn discard_expired(&self, req: &Request) {
         let name = req.display_name();
         tracing::info!("Discarding revoked task: {name}[{}] (expired)", req.id);
-        self.store_revoked(req, "expired").await;
+        self.revoked(req, "expired", None).await;
         self.ack(&req.delivery.tag).await;
     }
 
@@ -332,22 +368,63 @@ impl Shared {
     pub(crate) async fn discard_revoked(&self, req: &Request) {
         let name = req.display_name();
         tracing::info!("Discarding revoked task: {name}[{}]", req.id);
-        self.store_revoked(req, "revoked").await;
+        self.revoked(req, "revoked", None).await;
         self.ack(&req.delivery.tag).await;
     }
 
-    /// Stores REVOKED with Celery's `TaskRevokedError(reason)`, unless results are ignored.
-    pub(crate) async fn store_revoked(&self, req: &Request, reason: &str) {
+    /// Celery's `_announce_revoked`: the `task-revoked` event, REVOKED with
+    /// `TaskRevokedError(reason)` unless results are ignored, and the chord part. `signum`:
+    /// the signal a `terminate` named.
+    pub(crate) async fn revoked(&self, req: &Request, reason: &str, signum: Option<i32>) {
+        self.events.task(
+            "task-revoked",
+            &req.id,
+            [
+                ("terminated", json!(signum.is_some())),
+                ("signum", json!(signum)),
+                ("expired", json!(reason == "expired")),
+            ],
+        );
         let ignored = req.ignore_result
             || self
                 .registry
                 .get(&req.task)
                 .is_some_and(|d| d.options.ignore_result);
+        let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", reason);
         if !ignored {
-            let exc = ExceptionInfo::new("TaskRevokedError", "celery.exceptions", reason);
             self.store(req, State::Revoked, exc.to_json(), None, Vec::new())
                 .await;
         }
+        self.on_ready(req, State::Revoked, &exc.to_json()).await;
+    }
+
+    /// A FAILURE: stored (unless results are ignored), the canvas told, `task-failed` sent.
+    pub(crate) async fn fail(
+        &self,
+        req: &Request,
+        exc: &ExceptionInfo,
+        traceback: Option<String>,
+        store: bool,
+    ) {
+        if store {
+            self.store(
+                req,
+                State::Failure,
+                exc.to_json(),
+                traceback.clone(),
+                Vec::new(),
+            )
+            .await;
+        }
+        self.on_failure(req, exc, traceback.as_deref(), true).await;
+        self.events.task(
+            "task-failed",
+            &req.id,
+            [
+                ("exception", json!(exc.repr())),
+                ("traceback", json!(traceback)),
+            ],
+        );
     }
 
     /// A task name this worker does not have: Celery's reject + FAILURE NotRegistered, or a
@@ -362,10 +439,16 @@ impl Shared {
                 let exc = ExceptionInfo::new("NotRegistered", "celery.exceptions", name.clone());
                 self.store(req, State::Failure, exc.to_json(), None, Vec::new())
                     .await;
+                // Celery's fake request for an unknown task carries no errbacks.
+                self.on_failure(req, &exc, None, false).await;
+                self.events
+                    .task("task-failed", &req.id, [("exception", json!(exc.repr()))]);
                 self.ack(&req.delivery.tag).await;
             }
             UnknownTasks::Requeue => {
                 tracing::debug!("Requeueing task of unregistered type '{name}' for another worker");
+                self.events
+                    .task("task-rejected", &req.id, [("requeue", json!(true))]);
                 self.requeue(&req.delivery.tag, Requeue::Tail).await;
             }
         }
@@ -448,22 +531,60 @@ impl Shared {
         }
         let name = req.display_name();
         tracing::info!("Task {name}[{}] received", req.id);
+        self.events.task(
+            "task-received",
+            &req.id,
+            [
+                ("name", json!(name)),
+                ("args", json!(req.argsrepr)),
+                ("kwargs", json!(req.kwargsrepr)),
+                ("root_id", json!(req.root_id)),
+                ("parent_id", json!(req.parent_id)),
+                ("retries", json!(req.retries)),
+                ("eta", json!(req.eta.map(crate::protocol::time::format_iso))),
+                (
+                    "expires",
+                    json!(req.expires.map(crate::protocol::time::format_iso)),
+                ),
+            ],
+        );
         let reserved = Reserved {
             request: req.clone(),
             received: SystemTime::now(),
             prefetch: Some(prefetch),
+            rate_checked: false,
         };
         match req.eta {
             Some(eta) if eta > now => {
                 // ETA tasks wait outside the prefetch window, as in Celery.
-                self.state.schedule(Reserved {
-                    prefetch: None,
-                    ..reserved
-                });
+                self.state.schedule(
+                    eta,
+                    Reserved {
+                        prefetch: None,
+                        ..reserved
+                    },
+                );
             }
-            _ => self.state.push_reserved(reserved),
+            _ => self.enqueue(reserved),
         }
         ReceiveOutcome::Accepted
+    }
+
+    /// Makes a request ready to run, unless its task type's rate limit says to hold it first.
+    fn enqueue(&self, mut r: Reserved) {
+        if !r.rate_checked {
+            r.rate_checked = true;
+            let hold = self
+                .rate_limits
+                .admit(&r.request.task, std::time::Instant::now());
+            if !hold.is_zero() {
+                let due =
+                    Utc::now() + chrono::Duration::from_std(hold).unwrap_or(chrono::Duration::MAX);
+                self.state.schedule(due, r);
+                return;
+            }
+        }
+        self.state.push_reserved(r);
     }
 }
 
@@ -475,11 +596,7 @@ enum ReceiveOutcome {
 
 /// The fetch loop: one BRPOP at a time while a prefetch slot is free; reconnects with backoff.
 async fn consume(shared: Arc<Shared>) {
-    let prefetch = match shared.config.prefetch_count() {
-        0 => Semaphore::MAX_PERMITS,
-        n => n,
-    };
-    let prefetch = Arc::new(Semaphore::new(prefetch));
+    let prefetch = shared.pool.prefetch.clone();
     let mut version = shared.queues_version.load(Ordering::SeqCst);
     let mut queues: Vec<String> = shared.queues().into_iter().map(|q| q.name).collect();
     let mut keys = broker::fetch_keys(&queues);
@@ -569,10 +686,10 @@ async fn consume(shared: Arc<Shared>) {
 }
 
 /// Starts reserved requests as concurrency slots free up.
-async fn dispatch(shared: Arc<Shared>, concurrency: Arc<Semaphore>) {
+async fn dispatch(shared: Arc<Shared>) {
     loop {
         let slot = tokio::select! {
-            s = concurrency.clone().acquire_owned() => s.expect("semaphore never closed"),
+            s = shared.pool.slots.clone().acquire_owned() => s.expect("semaphore never closed"),
             _ = shared.shutdown.reached(Phase::Warm) => return,
         };
         let reserved = loop {
@@ -594,16 +711,16 @@ async fn dispatch(shared: Arc<Shared>, concurrency: Arc<Semaphore>) {
     }
 }
 
-/// Moves ETA requests to the reserved queue when they are due.
+/// Moves held requests (ETA, rate limit) to the reserved queue when they are due.
 async fn run_timer(shared: Arc<Shared>) {
     loop {
         let changed = shared.state.timer_changed.notified();
         for due in shared.state.take_due(Utc::now()) {
-            shared.state.push_reserved(due);
+            shared.enqueue(due);
         }
         let wait = shared
             .state
-            .next_eta()
+            .next_due()
             .map_or(Duration::from_secs(3600), |eta| {
                 (eta - Utc::now()).to_std().unwrap_or(Duration::ZERO)
             });
@@ -612,6 +729,22 @@ async fn run_timer(shared: Arc<Shared>) {
             _ = changed => {}
             _ = shared.shutdown.reached(Phase::Warm) => return,
         }
+    }
+}
+
+/// `worker-heartbeat` every `--heartbeat-interval` seconds (none with `--without-heartbeat`).
+async fn beat(shared: Arc<Shared>) {
+    let Some(freq) = shared.config.heartbeat_interval else {
+        return;
+    };
+    let mut tick = tokio::time::interval(crate::config::seconds(freq));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        shared
+            .events
+            .worker("worker-heartbeat", freq, shared.event_counts());
     }
 }
 

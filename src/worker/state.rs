@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
+use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, OwnedSemaphorePermit};
 
 use super::revoked::RevokedSet;
@@ -20,6 +21,8 @@ pub struct Reserved {
     pub received: SystemTime,
     /// The prefetch slot it occupies; released when the message is acked.
     pub prefetch: Option<OwnedSemaphorePermit>,
+    /// Whether its task type's rate limit was already applied (it took its token).
+    pub rate_checked: bool,
 }
 
 /// A running request.
@@ -34,7 +37,8 @@ pub struct Active {
 #[derive(Default)]
 pub struct WorkerState {
     reserved: Mutex<VecDeque<Reserved>>,
-    scheduled: Mutex<Vec<Reserved>>,
+    /// Requests held until a time: ETA requests and rate-limited ones, earliest first.
+    scheduled: Mutex<Vec<(DateTime<Utc>, Reserved)>>,
     active: Mutex<HashMap<String, Active>>,
     totals: Mutex<BTreeMap<String, u64>>,
     processed: AtomicU64,
@@ -122,7 +126,8 @@ impl WorkerState {
     pub fn scheduled_requests(&self) -> Vec<Arc<Request>> {
         lock(&self.scheduled)
             .iter()
-            .map(|r| r.request.clone())
+            .filter(|(_, r)| r.request.eta.is_some())
+            .map(|(_, r)| r.request.clone())
             .collect()
     }
 
@@ -149,31 +154,31 @@ impl WorkerState {
         lock(&self.reserved).pop_front()
     }
 
-    pub fn schedule(&self, r: Reserved) {
+    /// Holds a request in the timer until `due`.
+    pub fn schedule(&self, due: DateTime<Utc>, r: Reserved) {
         let mut s = lock(&self.scheduled);
-        let eta = r.request.eta;
-        let pos = s.partition_point(|x| x.request.eta <= eta);
-        s.insert(pos, r);
+        let pos = s.partition_point(|(at, _)| *at <= due);
+        s.insert(pos, (due, r));
         drop(s);
         self.timer_changed.notify_one();
     }
 
-    /// The earliest ETA waiting in the timer.
-    pub fn next_eta(&self) -> Option<chrono::DateTime<chrono::Utc>> {
-        lock(&self.scheduled).first().and_then(|r| r.request.eta)
+    /// When the earliest held request is due.
+    pub fn next_due(&self) -> Option<DateTime<Utc>> {
+        lock(&self.scheduled).first().map(|(at, _)| *at)
     }
 
-    /// Removes and returns the scheduled requests due at `now`.
-    pub fn take_due(&self, now: chrono::DateTime<chrono::Utc>) -> Vec<Reserved> {
+    /// Removes and returns the held requests due at `now`.
+    pub fn take_due(&self, now: DateTime<Utc>) -> Vec<Reserved> {
         let mut s = lock(&self.scheduled);
-        let n = s.partition_point(|r| r.request.eta.is_none_or(|eta| eta <= now));
-        s.drain(..n).collect()
+        let n = s.partition_point(|(at, _)| *at <= now);
+        s.drain(..n).map(|(_, r)| r).collect()
     }
 
-    /// Everything received but not started (reserved and scheduled), for giving back.
+    /// Everything received but not started (reserved and held), for giving back.
     pub fn drain_waiting(&self) -> Vec<Reserved> {
         let mut out: Vec<Reserved> = lock(&self.reserved).drain(..).collect();
-        out.extend(lock(&self.scheduled).drain(..));
+        out.extend(lock(&self.scheduled).drain(..).map(|(_, r)| r));
         out
     }
 
@@ -229,7 +234,7 @@ impl WorkerState {
     pub fn unacked_tags(&self) -> Vec<String> {
         let mut tags: Vec<String> = lock(&self.reserved)
             .iter()
-            .chain(lock(&self.scheduled).iter())
+            .chain(lock(&self.scheduled).iter().map(|(_, r)| r))
             .map(|r| r.request.delivery.tag.clone())
             .collect();
         tags.extend(

@@ -30,3 +30,22 @@ def echo(value):
 def sleep(seconds):
     time.sleep(seconds)
     return seconds
+
+
+class DiagnosticError(Exception):
+    """Named like the error astroworker's `astroworker.diag.fail` raises."""
+
+
+@app.task(name="astroworker.diag.fail")
+def fail(message):
+    raise DiagnosticError(message)
+
+
+@app.task(name="astroworker.diag.add")
+def add(x, y):
+    return x + y
+
+
+@app.task(name="astroworker.diag.tsum")
+def tsum(values):
+    return sum(values)

@@ -232,6 +232,65 @@ def test_events_toggles_with_task_events_flag(fleet, app):
     assert calls == [{"ok": "task events already disabled"}, {"ok": "task events already enabled"}]
 
 
+def finish_times(app, results):
+    """When each task finished (`date_done` of its result), earliest first."""
+    from datetime import datetime
+    for r in results:
+        r.get(timeout=30)
+    return sorted(datetime.fromisoformat(app.backend.get_task_meta(r.id)["date_done"])
+                  for r in results)
+
+
+def test_rate_limit_flag_and_control_rate_limit(fleet, app, redis_server):
+    w = fleet.astroworker("-c", "4", "--task-rate-limit", f"{ECHO}=5/s", name="aw")
+    me = node("aw")
+    assert f"{ECHO} [rate_limit=5/s]" in inspect(app, "aw").registered("rate_limit")[me]
+    # Five at once on four slots, limited to 5/s: the finishes are spread over >= 4 × 0.2 s.
+    done = finish_times(app, [app.send_task(ECHO, args=[i]) for i in range(5)])
+    assert (done[-1] - done[0]).total_seconds() >= 0.75
+    unlimited = finish_times(app, [app.send_task(SLEEP, args=[0]) for i in range(5)])
+    assert (unlimited[-1] - unlimited[0]).total_seconds() < 0.75
+
+    out = celery_cli(redis_server, "control", "rate_limit", ECHO, "2/s", "-d", me)
+    assert out.returncode == 0, out.stderr
+    assert "new rate limit set successfully" in out.stdout
+    w.wait_log(f"New rate limit for tasks of type {ECHO}: 2/s")
+    done = finish_times(app, [app.send_task(ECHO, args=[i]) for i in range(3)])
+    assert (done[-1] - done[0]).total_seconds() >= 0.9
+
+    def call(**kw):
+        return app.control.broadcast("rate_limit", arguments=kw, reply=True, destination=[me],
+                                     timeout=3)[0][me]
+
+    assert call(task_name="no.such", rate_limit="1/s") == {"error": "unknown task"}
+    assert call(task_name=ECHO, rate_limit="1/x")["error"].startswith("Invalid rate limit string")
+    assert call(task_name=ECHO, rate_limit="0") == {"ok": "rate limit disabled successfully"}
+    assert f"{ECHO} [rate_limit=" not in " ".join(inspect(app, "aw").registered("rate_limit")[me])
+
+
+def test_pool_grow_and_shrink(fleet, app):
+    fleet.astroworker("-c", "1", "--prefetch-multiplier", "1", name="aw")
+    me = node("aw")
+    i = inspect(app, "aw")
+    assert app.control.pool_grow(2, reply=True, destination=[me], timeout=3) == [
+        {me: {"ok": "pool will grow"}}]
+    stats = i.stats()[me]
+    assert stats["pool"]["max-concurrency"] == 3 and stats["prefetch_count"] == 3
+    sleepers = [app.send_task(SLEEP, args=[1.5]) for _ in range(3)]
+    wait_for(lambda: len(i.active()[me]) == 3, 10, "three tasks running at once")
+    [r.get(timeout=10) for r in sleepers]
+
+    assert app.control.pool_shrink(2, reply=True, destination=[me], timeout=3) == [
+        {me: {"ok": "pool will shrink"}}]
+    assert i.stats()[me]["pool"]["max-concurrency"] == 1
+    sleepers = [app.send_task(SLEEP, args=[0.5]) for _ in range(2)]
+    time.sleep(0.3)
+    assert len(i.active()[me]) == 1
+    [r.get(timeout=10) for r in sleepers]
+    reply = app.control.pool_shrink(1, reply=True, destination=[me], timeout=3)
+    assert reply == [{me: {"error": "ValueError(\"Can't shrink pool. All processes busy!\")"}}]
+
+
 def test_shutdown_by_celery_control(fleet, app, redis_server):
     w = fleet.astroworker(name="aw")
     me = node("aw")
