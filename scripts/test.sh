@@ -17,5 +17,9 @@ step "cargo build --release"
 cargo build --release
 step "cargo test --release"
 cargo test --release
+step "docker/ lint (hadolint, shellcheck, compose files parse)"
+.venv/bin/hadolint --config docker/.hadolint.yaml docker/Dockerfile
+.venv/bin/shellcheck docker/start.sh scripts/*.sh
+.venv/bin/python tests/reference/check_compose.py docker/compose.yml docker/compose.redis.yml
 step "interop tests (Python Celery)"
 .venv/bin/python -m pytest tests/interop -q "$@"

@@ -44,6 +44,10 @@ pub struct WorkerConfig {
     pub task_events: bool,
     /// Seconds between worker-heartbeat events; `None` with `--without-heartbeat`.
     pub heartbeat_interval: Option<f64>,
+    /// `--http`: where `/health` and `/metrics` are served.
+    pub http: Option<std::net::SocketAddr>,
+    /// Describes the compute devices for `/health`.
+    pub devices: Vec<String>,
     /// `(task name, rate)` from `--task-rate-limit`.
     pub rate_limits: Vec<(String, String)>,
     pub diagnostic_tasks: bool,

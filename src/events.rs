@@ -80,6 +80,8 @@ pub struct Events {
     task_events_remote: AtomicBool,
     tx: mpsc::UnboundedSender<Queued>,
     rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<Queued>>>,
+    /// When the last worker event was queued (for `/health`).
+    last_worker_event: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Events {
@@ -94,6 +96,7 @@ impl Events {
             task_events_remote: AtomicBool::new(false),
             tx,
             rx: std::sync::Mutex::new(Some(rx)),
+            last_worker_event: std::sync::Mutex::new(None),
         }
     }
 
@@ -140,7 +143,18 @@ impl Events {
         self.queue(kind, fields, false);
     }
 
+    /// Time since the last worker event (online or heartbeat) was sent.
+    pub fn since_last_worker_event(&self) -> Option<Duration> {
+        self.last_worker_event
+            .lock()
+            .ok()
+            .and_then(|t| t.map(|t| t.elapsed()))
+    }
+
     fn queue(&self, kind: &str, fields: Vec<(&'static str, Value)>, task: bool) {
+        if !task && let Ok(mut last) = self.last_worker_event.lock() {
+            *last = Some(std::time::Instant::now());
+        }
         let mut body = Map::new();
         body.insert("hostname".into(), json!(self.hostname));
         body.insert("utcoffset".into(), json!(self.utcoffset));
@@ -256,19 +270,12 @@ impl Publisher {
 pub fn event_envelope(hostname: &str, routing_key: &str, body: &Value) -> Envelope {
     let mut headers = Map::new();
     headers.insert("hostname".into(), json!(hostname));
-    let mut props = Map::new();
-    props.insert("delivery_mode".into(), json!(1));
-    props.insert(
-        "delivery_info".into(),
+    Envelope::with_delivery(
+        body,
+        headers,
+        1,
         json!({"exchange": EXCHANGE, "routing_key": routing_key}),
-    );
-    props.insert("priority".into(), json!(0));
-    props.insert("body_encoding".into(), json!("base64"));
-    props.insert(
-        "delivery_tag".into(),
-        json!(uuid::Uuid::new_v4().to_string()),
-    );
-    Envelope::new(body, headers, props)
+    )
 }
 
 /// Python's `time.timezone // 3600`: hours *west* of UTC, floor-divided (UTC+1 → -1).

@@ -12,8 +12,11 @@
 //! - [`worker`]: fetch loop, prefetch and concurrency control, ETA timer, execution, shutdown.
 //! - [`control`]: Celery remote control (pidbox): the worker's mailbox and the caller's side;
 //!   [`events`]: Celery events (`celeryev`) for Flower and `celery events`.
-//! - [`config`], [`cli`], [`telemetry`]: flags, environment and logging.
+//! - [`config`], [`cli`], [`telemetry`]: flags, environment and logging; [`http`] and
+//!   [`metrics`]: `/health` and Prometheus `/metrics`.
+//! - [`astronomus`]: the tasks of the Astronomus telescope app, with its job table.
 
+pub mod astronomus;
 pub mod backend;
 pub mod broker;
 pub mod cli;
@@ -24,6 +27,8 @@ pub mod control;
 pub mod events;
 pub mod fits;
 pub mod fixtures;
+pub mod http;
+pub mod metrics;
 pub mod paths;
 pub mod pipeline;
 pub mod protocol;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser as _;
 
+use astroworker::astronomus;
 use astroworker::cli::{Cli, Command, WorkerArgs, control, local};
 use astroworker::compute::Devices;
 use astroworker::paths::DataRoots;
@@ -64,7 +65,14 @@ fn remote(
 }
 
 fn worker(args: &WorkerArgs, devices: Devices) -> anyhow::Result<ExitCode> {
-    let config = args.to_config().context("invalid worker options")?;
+    let mut config = args.to_config().context("invalid worker options")?;
+    if args.gpus.trim() != "none" {
+        tracing::warn!(
+            "--gpus {}: this build has no CUDA backend yet; tasks run on the CPU (rayon)",
+            args.gpus
+        );
+    }
+    config.devices = devices.describe();
     if let Some(app) = &args.app {
         tracing::info!("-A {app}: accepted for compatibility; tasks are built into astroworker");
     }
@@ -75,7 +83,22 @@ fn worker(args: &WorkerArgs, devices: Devices) -> anyhow::Result<ExitCode> {
         tracing::warn!("no --data-root given: FITS tasks may read and write any absolute path");
     }
     let env = Arc::new(FitsEnv { roots, devices });
-    let registry = tasks::default_registry(config.diagnostic_tasks, env);
+    let mut registry = tasks::default_registry(config.diagnostic_tasks, env.clone());
+    if args.astronomus {
+        let db = astronomus::jobs_db::JobsDb::from_env();
+        match &db {
+            Some(_) => tracing::info!(
+                "Astronomus tasks: job progress goes to processing_jobs (DATABASE_URL)"
+            ),
+            None => tracing::info!(
+                "Astronomus tasks: no DATABASE_URL, job progress goes to the result backend only"
+            ),
+        }
+        astronomus::register(
+            &mut registry,
+            Arc::new(astronomus::AstronomusEnv { fits: env, db }),
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -43,6 +43,26 @@ impl Envelope {
         Self(map)
     }
 
+    /// A message kombu publishes on its own (pidbox requests and replies, events): priority 0,
+    /// the given delivery mode and `delivery_info`, a fresh delivery tag, in kombu's order.
+    pub fn with_delivery(
+        body: &Value,
+        headers: Map<String, Value>,
+        delivery_mode: u8,
+        delivery_info: Value,
+    ) -> Self {
+        let mut props = Map::new();
+        props.insert("delivery_mode".into(), json!(delivery_mode));
+        props.insert("delivery_info".into(), delivery_info);
+        props.insert("priority".into(), json!(0));
+        props.insert("body_encoding".into(), json!("base64"));
+        props.insert(
+            "delivery_tag".into(),
+            json!(uuid::Uuid::new_v4().to_string()),
+        );
+        Self::new(body, headers, props)
+    }
+
     pub fn to_json(&self) -> String {
         serde_json::to_string(&self.0).expect("JSON values always serialize")
     }

@@ -79,9 +79,30 @@ pub struct WorkerArgs {
     #[arg(long, value_enum, default_value_t = UnknownTasks::Reject)]
     pub unknown_tasks: UnknownTasks,
 
-    /// Register the astroworker.diag.* tasks (echo, sleep, fail, retry, progress).
+    /// Register the astroworker.diag.* tasks (echo, sleep, fail, retry, progress, add, tsum).
     #[arg(long)]
     pub diagnostic_tasks: bool,
+
+    /// Register Astronomus's FITS tasks (auto_process, stack_and_stretch, process_file,
+    /// cancel_job, cleanup_old_jobs); job progress goes to `processing_jobs` when
+    /// DATABASE_URL is set.
+    #[arg(long, env = "ASTROWORKER_ASTRONOMUS")]
+    pub astronomus: bool,
+
+    /// GPUs tasks may use: `all`, `none` or a list of indices (`0,1`). This build has no CUDA
+    /// backend yet, so tasks run on the CPU (rayon) whatever is asked; the flag is accepted so
+    /// that deployment command lines stay as they will be.
+    #[arg(
+        long,
+        value_name = "all|none|0,1",
+        env = "ASTROWORKER_GPUS",
+        default_value = "all"
+    )]
+    pub gpus: String,
+
+    /// Serve /health and /metrics (Prometheus) on this address, e.g. 0.0.0.0:9808.
+    #[arg(long, value_name = "ADDR", env = "ASTROWORKER_HTTP")]
+    pub http: Option<std::net::SocketAddr>,
 
     /// Directory FITS tasks may read and write (repeatable; also ASTROWORKER_DATA_ROOTS,
     /// colon-separated). Paths resolving elsewhere are refused. Without any, paths are
@@ -186,6 +207,8 @@ impl WorkerArgs {
             task_events: self.task_events,
             heartbeat_interval: (!self.without_heartbeat && heartbeat > 0.0).then_some(heartbeat),
             rate_limits,
+            http: self.http,
+            devices: Vec::new(),
             diagnostic_tasks: self.diagnostic_tasks,
         })
     }

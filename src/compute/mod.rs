@@ -110,6 +110,14 @@ impl Devices {
         }
     }
 
+    /// The devices tasks can run on, as shown by `/health`.
+    pub fn describe(&self) -> Vec<String> {
+        vec![format!(
+            "cpu ({} rayon threads)",
+            rayon::current_num_threads()
+        )]
+    }
+
     /// `auto` | `cpu` | `cuda` | `cuda:N`.
     pub fn select(&self, spec: &str) -> Result<Arc<dyn Compute>, ComputeError> {
         match spec.trim().to_ascii_lowercase().as_str() {

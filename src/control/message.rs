@@ -193,7 +193,7 @@ impl ControlRequest {
         let mut headers = Map::new();
         headers.insert("clock".into(), json!(self.clock));
         headers.insert("expires".into(), json!(expires));
-        envelope(
+        Envelope::with_delivery(
             &Value::Object(body),
             headers,
             2,
@@ -215,7 +215,7 @@ pub fn reply_envelope(
     let mut headers = Map::new();
     headers.insert("ticket".into(), json!(ticket));
     headers.insert("clock".into(), json!(clock));
-    envelope(
+    Envelope::with_delivery(
         &Value::Object(body),
         headers,
         1,
@@ -253,20 +253,6 @@ impl ControlReply {
             body,
         })
     }
-}
-
-/// kombu's envelope with properties in its order and a fresh delivery tag.
-fn envelope(body: &Value, headers: Map<String, Value>, mode: u8, info: Value) -> Envelope {
-    let mut props = Map::new();
-    props.insert("delivery_mode".into(), json!(mode));
-    props.insert("delivery_info".into(), info);
-    props.insert("priority".into(), json!(0));
-    props.insert("body_encoding".into(), json!("base64"));
-    props.insert(
-        "delivery_tag".into(),
-        json!(uuid::Uuid::new_v4().to_string()),
-    );
-    Envelope::new(body, headers, props)
 }
 
 fn optional_string(

@@ -315,6 +315,7 @@ fn stack_task(env: &FitsEnv, ctx: &TaskContext, a: Args) -> Result<Value, TaskEr
     };
     let report =
         stack::stack(&params, compute.as_ref(), &TaskProgress::new(ctx)).map_err(pipeline_error)?;
+    crate::metrics::count_frames(report.frames_used, report.width * report.height);
     Ok(report.to_json())
 }
 
@@ -347,7 +348,7 @@ fn dtype(s: &str) -> Result<crate::fits::OutputType, TaskError> {
 
 /// Python exceptions for path problems: a path outside the roots is a `PermissionError`,
 /// anything else about the path a `ValueError` (a missing glob match: `FileNotFoundError`).
-fn path_error(e: PathError) -> TaskError {
+pub(crate) fn path_error(e: PathError) -> TaskError {
     let exc_type = match e {
         PathError::OutsideRoots { .. } => "PermissionError",
         PathError::NoMatch(_) => "FileNotFoundError",
@@ -383,13 +384,13 @@ pub fn pipeline_error(e: PipelineError) -> TaskError {
 
 /// PROGRESS states for a running task, at most every 250 ms (and at every change of step),
 /// so a long stack does not flood the result backend.
-struct TaskProgress<'a> {
+pub(crate) struct TaskProgress<'a> {
     ctx: &'a TaskContext,
     last: std::sync::Mutex<(Option<Instant>, String)>,
 }
 
 impl<'a> TaskProgress<'a> {
-    fn new(ctx: &'a TaskContext) -> Self {
+    pub(crate) fn new(ctx: &'a TaskContext) -> Self {
         Self {
             ctx,
             last: std::sync::Mutex::new((None, String::new())),

@@ -15,6 +15,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use super::Shared;
 use super::state::{Active, Reserved};
 use crate::backend::{ExceptionInfo, State};
+use crate::metrics::Outcome;
 use crate::protocol::{Request, pyrepr};
 use crate::tasks::{
     Args, CancelFlag, CancelReason, RequestInfo, RetryRequest, StateSink, TaskContext, TaskDef,
@@ -22,7 +23,7 @@ use crate::tasks::{
 };
 
 /// How a run ended, as seen from outside the task.
-enum Outcome {
+enum RunOutcome {
     Returned(Value),
     Raised(TaskError),
     HardTimeLimit(f64),
@@ -92,7 +93,7 @@ pub(crate) async fn execute(shared: Arc<Shared>, reserved: Reserved, slot: Owned
         return;
     }
     match outcome {
-        Outcome::Returned(value) => {
+        RunOutcome::Returned(value) => {
             tracing::info!(
                 "Task {name}[{id}] succeeded in {runtime:.6}s: {}",
                 short_repr(&value)
@@ -104,6 +105,9 @@ pub(crate) async fn execute(shared: Arc<Shared>, reserved: Reserved, slot: Owned
                     .await;
             }
             shared.on_ready(&req, State::Success, &value).await;
+            shared
+                .metrics
+                .finished(&req.task, Outcome::Succeeded, Some(runtime));
             shared.events.task(
                 "task-succeeded",
                 &req.id,
@@ -113,15 +117,15 @@ pub(crate) async fn execute(shared: Arc<Shared>, reserved: Reserved, slot: Owned
                 ],
             );
         }
-        Outcome::Raised(TaskError::Retry(retry)) => {
+        RunOutcome::Raised(TaskError::Retry(retry)) => {
             shared.retry(&req, &def, retry, store_results).await;
         }
-        Outcome::Raised(TaskError::Exception { exc, traceback }) => {
+        RunOutcome::Raised(TaskError::Exception { exc, traceback }) => {
             tracing::error!("Task {name}[{id}] raised unexpected: {}", exc.repr());
             let tb = traceback.unwrap_or_else(|| default_traceback(&req, &exc));
             shared.fail(&req, &exc, Some(tb), store_results).await;
         }
-        Outcome::Raised(TaskError::SoftTimeLimitExceeded) => {
+        RunOutcome::Raised(TaskError::SoftTimeLimitExceeded) => {
             let exc = ExceptionInfo {
                 exc_type: "SoftTimeLimitExceeded".into(),
                 exc_module: "billiard.exceptions".into(),
@@ -136,14 +140,14 @@ pub(crate) async fn execute(shared: Arc<Shared>, reserved: Reserved, slot: Owned
         }
         // Cold shutdown: leave an acks-late message unacked so the shutdown restores it.
         // Other cancellations (hard time limit, terminate) were recorded by the canceller.
-        Outcome::Raised(TaskError::Cancelled) => {
+        RunOutcome::Raised(TaskError::Cancelled) => {
             if cancel.reason() == Some(CancelReason::Shutdown) {
                 tracing::warn!("Task {name}[{id}] cancelled by cold shutdown");
                 shared.events.task("task-cancelled", id, []);
                 finished = false;
             }
         }
-        Outcome::HardTimeLimit(limit) => {
+        RunOutcome::HardTimeLimit(limit) => {
             tracing::error!("Hard time limit ({limit}s) exceeded for {name}[{id}]");
             let exc = ExceptionInfo {
                 exc_type: "TimeLimitExceeded".into(),
@@ -152,7 +156,7 @@ pub(crate) async fn execute(shared: Arc<Shared>, reserved: Reserved, slot: Owned
             };
             shared.fail(&req, &exc, None, store_results).await;
         }
-        Outcome::Panicked(message) => {
+        RunOutcome::Panicked(message) => {
             let exc = ExceptionInfo::builtin("RuntimeError", format!("task panicked: {message}"));
             tracing::error!("Task {name}[{id}] raised unexpected: {}", exc.repr());
             let tb = default_traceback(&req, &exc);
@@ -176,7 +180,7 @@ async fn run_task(
     cancel: Arc<CancelFlag>,
     hard: Option<std::time::Duration>,
     soft: Option<std::time::Duration>,
-) -> Outcome {
+) -> RunOutcome {
     let info = RequestInfo {
         id: req.id.clone(),
         task: req.task.clone(),
@@ -200,16 +204,16 @@ async fn run_task(
             Ok(joined) => joined,
             Err(_) => {
                 cancel.cancel(CancelReason::TimeLimit);
-                return Outcome::HardTimeLimit(limit.as_secs_f64());
+                return RunOutcome::HardTimeLimit(limit.as_secs_f64());
             }
         },
         None => handle.await,
     };
     match joined {
-        Ok(Ok(Ok(value))) => Outcome::Returned(value),
-        Ok(Ok(Err(e))) => Outcome::Raised(e),
-        Ok(Err(panic)) => Outcome::Panicked(panic_message(panic.as_ref())),
-        Err(join) => Outcome::Panicked(join.to_string()),
+        Ok(Ok(Ok(value))) => RunOutcome::Returned(value),
+        Ok(Ok(Err(e))) => RunOutcome::Raised(e),
+        Ok(Err(panic)) => RunOutcome::Panicked(panic_message(panic.as_ref())),
+        Err(join) => RunOutcome::Panicked(join.to_string()),
     }
 }
 
@@ -290,6 +294,7 @@ impl Shared {
             )
             .await;
         }
+        self.metrics.finished(&req.task, Outcome::Retried, None);
         self.events.task(
             "task-retried",
             id,

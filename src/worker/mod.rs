@@ -61,6 +61,7 @@ pub(crate) struct Shared {
     pub events: Events,
     pub rate_limits: rate::RateLimits,
     pub(crate) pool: pool::Pool,
+    pub(crate) metrics: crate::metrics::Metrics,
     pub started: Instant,
     /// The queues consumed now (`-Q`, then `add_consumer`/`cancel_consumer`).
     queues: Mutex<Vec<QueueSpec>>,
@@ -131,6 +132,7 @@ impl Worker {
                 events,
                 rate_limits,
                 pool,
+                metrics: crate::metrics::Metrics::new(),
                 started: Instant::now(),
                 queues: Mutex::new(queues),
                 queues_version: AtomicU64::new(0),
@@ -186,6 +188,10 @@ impl Worker {
             .events
             .worker("worker-online", HEARTBEAT_FREQ, shared.event_counts());
         let heart = tokio::spawn(beat(shared.clone()));
+        let http = shared
+            .config
+            .http
+            .map(|addr| tokio::spawn(crate::http::serve(shared.clone(), addr)));
 
         let consumer = tokio::spawn(consume(shared.clone()));
         let dispatcher = tokio::spawn(dispatch(shared.clone()));
@@ -221,6 +227,9 @@ impl Worker {
             }
         }
         maintenance.abort();
+        if let Some(h) = http {
+            h.abort();
+        }
         let _ = events_stop.send(());
         let _ = tokio::time::timeout(Duration::from_secs(3), publisher).await;
         let reason = shared
@@ -258,6 +267,11 @@ impl Shared {
             self.queues_version.fetch_add(1, Ordering::SeqCst);
         }
         removed
+    }
+
+    /// The compute devices, for `/health`.
+    pub(crate) fn compute_devices(&self) -> Vec<String> {
+        self.config.devices.clone()
     }
 
     /// The counters worker events carry.
@@ -376,6 +390,8 @@ impl Shared {
     /// `TaskRevokedError(reason)` unless results are ignored, and the chord part. `signum`:
     /// the signal a `terminate` named.
     pub(crate) async fn revoked(&self, req: &Request, reason: &str, signum: Option<i32>) {
+        self.metrics
+            .finished(&req.task, crate::metrics::Outcome::Revoked, None);
         self.events.task(
             "task-revoked",
             &req.id,
@@ -417,6 +433,8 @@ impl Shared {
             .await;
         }
         self.on_failure(req, exc, traceback.as_deref(), true).await;
+        self.metrics
+            .finished(&req.task, crate::metrics::Outcome::Failed, None);
         self.events.task(
             "task-failed",
             &req.id,
@@ -531,6 +549,7 @@ impl Shared {
         }
         let name = req.display_name();
         tracing::info!("Task {name}[{}] received", req.id);
+        self.metrics.received(&req.task);
         self.events.task(
             "task-received",
             &req.id,

@@ -92,7 +92,10 @@ def test_warm_shutdown_gives_back_prefetched(fleet, app):
     results = [app.send_task(SLEEP, args=[0.7]) for _ in range(5)]
     a.wait_log(r"received", count=5)
     a.send(signal.SIGTERM)
-    assert a.stop(timeout=20) == 0
+    # Wait for the exit: stop() would send a second SIGTERM (cold shutdown) if the running
+    # task were still finishing.
+    a.proc.wait(timeout=20)
+    assert a.stop() == 0
     log = a.log()
     assert "Restoring 4 unacknowledged message(s)" in log, log[-2000:]
     b = fleet.astroworker("-c", "2")
