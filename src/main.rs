@@ -40,6 +40,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Calibrate(a) => local::calibrate(&a),
         Command::Debayer(a) => local::debayer(&a, &devices),
         Command::Stack(a) => local::stack(&a, &devices),
+        Command::Register(a) => local::register_frames(&a),
         Command::Preview(a) => local::preview(&a),
         Command::Fixtures(a) => local::fixtures(&a),
         Command::Bench(a) => local::bench(&a, &devices),

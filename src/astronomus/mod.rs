@@ -24,12 +24,15 @@ use serde_json::{Value, json};
 use crate::backend::ExceptionInfo;
 use crate::fits::{CardValue, FitsReader, OutputType, write_image};
 use crate::pipeline::frames::bayer_pattern;
+use crate::pipeline::register::{self, RegisterParams};
 use crate::pipeline::stack::{self, DebayerChoice, StackParams, Weights};
 use crate::pipeline::{PipelineError, jobs};
+use crate::science::align::Model;
 use crate::science::cfa::{self, DebayerMethod};
 use crate::science::normalize::Normalization;
 use crate::science::preview::write_preview;
 use crate::science::stack::Method;
+use crate::science::warp::Interpolation;
 use crate::tasks::fits::{FitsEnv, TaskProgress, path_error, pipeline_error};
 use crate::tasks::{Args, Registry, TaskContext, TaskDef, TaskError};
 use jobs_db::{DbError, JobRow, JobsDb, Set};
@@ -288,9 +291,32 @@ fn stack_and_stretch(env: &AstronomusEnv, ctx: &TaskContext, a: Args) -> Result<
             .devices
             .select("auto")
             .map_err(|e| TaskError::value_error(e.to_string()))?;
-        let report = stack::stack(&params, compute.as_ref(), &TaskProgress::new(ctx))
-            .map_err(pipeline_error)?;
-        crate::metrics::count_frames(report.frames_used, report.width * report.height);
+        // Registered on the stars before stacking (Astronomus bug 3): Seestar subs drift and
+        // dither. Frames that cannot be matched are left out and named in the log.
+        let registration = RegisterParams {
+            inputs: params.inputs.clone(),
+            output_dir: None,
+            reference: None,
+            model: Model::Similarity,
+            interpolation: Interpolation::Lanczos3,
+            reject_worst: 0.0,
+        };
+        let report = register::registered_stack(
+            &params,
+            &registration,
+            compute.as_ref(),
+            &TaskProgress::new(ctx),
+        )
+        .map_err(pipeline_error)?;
+        let dropped: Vec<String> = report["registration"]["dropped"]
+            .as_array()
+            .map(|d| {
+                d.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let rejected_fraction = report["rejected_fraction"].as_f64().unwrap_or(0.0);
         mark_stacked(&stacked, n).map_err(pipeline_error)?;
         if job.cancelled() {
             return Ok(cancelled(job));
@@ -304,8 +330,17 @@ fn stack_and_stretch(env: &AstronomusEnv, ctx: &TaskContext, a: Args) -> Result<
             format!("Input shape: ({h}, {w})"),
             format!("Stacked shape: (3, {h}, {w})"),
             format!(
+                "Registered: {} of {n} frames on their stars{}",
+                n - dropped.len(),
+                if dropped.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (dropped: {})", dropped.join(", "))
+                }
+            ),
+            format!(
                 "Rejected samples: {:.4}% (sigma clip, median centre, {} sigma)",
-                report.rejected_fraction * 100.0,
+                rejected_fraction * 100.0,
                 p.sigma
             ),
             format!("Stretch factor: {}", sp.stretch_factor),

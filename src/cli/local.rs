@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 use crate::compute::Devices;
 use crate::fixtures::{self, FixtureSpec};
 use crate::paths::DataRoots;
-use crate::pipeline::{self, PipelineError, Progress, jobs, stack};
+use crate::pipeline::{self, PipelineError, Progress, jobs, register, stack};
+use crate::science::align::Model;
+use crate::science::warp::Interpolation;
 
 #[derive(Debug, Args)]
 pub struct InfoArgs {
@@ -141,9 +143,11 @@ pub struct StackArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     pub device: String,
-    /// Align frames before stacking (not yet supported).
+    /// Align the frames on their stars before stacking (see `astroworker register`).
     #[arg(long)]
     pub register: bool,
+    #[command(flatten)]
+    pub registration: RegistrationOptions,
     /// Memory for the band buffers, in MiB.
     #[arg(long, default_value_t = stack::DEFAULT_MEMORY_BUDGET >> 20)]
     pub memory_mb: usize,
@@ -151,11 +155,6 @@ pub struct StackArgs {
 
 impl StackArgs {
     pub fn params(&self) -> pipeline::Result<stack::StackParams> {
-        if self.register {
-            return Err(PipelineError::Invalid(
-                "--register is not yet supported (registration is a planned feature)".into(),
-            ));
-        }
         Ok(stack::StackParams {
             inputs: expand(&self.inputs)?,
             output: absolute(&self.output)?,
@@ -340,7 +339,78 @@ pub fn debayer(a: &DebayerArgs, devices: &Devices) -> pipeline::Result<Value> {
 pub fn stack(a: &StackArgs, devices: &Devices) -> pipeline::Result<Value> {
     let params = a.params()?;
     let compute = devices.select(&a.device)?;
+    if a.register {
+        let registration = a.registration.params(params.inputs.clone(), None)?;
+        return register::registered_stack(&params, &registration, compute.as_ref(), &Bar::new());
+    }
     Ok(stack::stack(&params, compute.as_ref(), &Bar::new())?.to_json())
+}
+
+/// How frames are registered (`register`, `stack --register`).
+#[derive(Debug, Args)]
+pub struct RegistrationOptions {
+    /// The reference frame (default: the one with most stars).
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// shift, similarity, affine or homography.
+    #[arg(long, default_value = "similarity")]
+    pub transform: String,
+    /// bilinear, bicubic or lanczos3.
+    #[arg(long, default_value = "lanczos3")]
+    pub interpolation: String,
+    /// Drop this fraction of the frames with the worst FWHM (0 to 1).
+    #[arg(long, default_value_t = 0.0)]
+    pub reject_worst: f64,
+}
+
+impl RegistrationOptions {
+    fn params(
+        &self,
+        inputs: Vec<PathBuf>,
+        output_dir: Option<PathBuf>,
+    ) -> pipeline::Result<register::RegisterParams> {
+        let bad = |m: String| PipelineError::Invalid(m);
+        if !(0.0..1.0).contains(&self.reject_worst) {
+            return Err(bad("--reject-worst must be in [0, 1)".into()));
+        }
+        Ok(register::RegisterParams {
+            inputs,
+            output_dir,
+            reference: self.reference.as_deref().map(absolute).transpose()?,
+            model: Model::parse(&self.transform).ok_or_else(|| {
+                bad(format!(
+                    "--transform must be shift, similarity, affine or homography, not {:?}",
+                    self.transform
+                ))
+            })?,
+            interpolation: Interpolation::parse(&self.interpolation).ok_or_else(|| {
+                bad(format!(
+                    "--interpolation must be bilinear, bicubic or lanczos3, not {:?}",
+                    self.interpolation
+                ))
+            })?,
+            reject_worst: self.reject_worst,
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RegisterArgs {
+    /// Input frames, or one quoted glob pattern.
+    #[arg(required = true)]
+    pub inputs: Vec<String>,
+    /// Write the registered frames here (`<stem>_registered.fits`); without it, only the
+    /// transforms are computed and printed.
+    #[arg(short, long)]
+    pub output_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub registration: RegistrationOptions,
+}
+
+pub fn register_frames(a: &RegisterArgs) -> pipeline::Result<Value> {
+    let output_dir = a.output_dir.as_deref().map(absolute).transpose()?;
+    let params = a.registration.params(expand(&a.inputs)?, output_dir)?;
+    Ok(register::register(&params, &Bar::new())?.to_json())
 }
 
 pub fn preview(a: &PreviewArgs) -> pipeline::Result<Value> {

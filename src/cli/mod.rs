@@ -56,6 +56,8 @@ pub enum Command {
     Debayer(local::DebayerArgs),
     /// Calibrate, normalise and stack frames with rejection; optionally write a preview.
     Stack(Box<local::StackArgs>),
+    /// Find stars, match every frame to a reference, optionally write registered frames.
+    Register(local::RegisterArgs),
     /// Write a stretched PNG, JPEG or TIFF preview of a FITS image.
     Preview(local::PreviewArgs),
     /// Generate synthetic Seestar-like frames with known truth.

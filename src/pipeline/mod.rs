@@ -5,6 +5,7 @@
 pub mod frames;
 pub mod info;
 pub mod jobs;
+pub mod register;
 pub mod stack;
 
 use std::path::PathBuf;

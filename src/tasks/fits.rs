@@ -12,7 +12,9 @@ use super::{Args, Registry, TaskContext, TaskDef, TaskError, TaskOptions};
 use crate::backend::ExceptionInfo;
 use crate::compute::Devices;
 use crate::paths::{DataRoots, PathError};
-use crate::pipeline::{self, PipelineError, Progress, jobs, stack};
+use crate::pipeline::{self, PipelineError, Progress, jobs, register, stack};
+use crate::science::align::Model;
+use crate::science::warp::Interpolation;
 
 /// What the FITS tasks share: where they may read and write, and the compute devices.
 pub struct FitsEnv {
@@ -30,8 +32,9 @@ pub fn register(registry: &mut Registry, env: Arc<FitsEnv>) {
         acks_late: Some(true),
         ..TaskOptions::default()
     };
-    let tasks: [(&str, FitsTaskFn); 6] = [
+    let tasks: [(&str, FitsTaskFn); 7] = [
         ("fits.info", info),
+        ("fits.register", register_task),
         ("fits.master", master),
         ("fits.calibrate", calibrate),
         ("fits.debayer", debayer),
@@ -248,6 +251,14 @@ fn stack_task(env: &FitsEnv, ctx: &TaskContext, a: Args) -> Result<Value, TaskEr
         percentile_low: f32,
         #[serde(default = "percentile_high")]
         percentile_high: f32,
+        #[serde(default = "default_similarity")]
+        transform: String,
+        #[serde(default = "default_lanczos3")]
+        interpolation: String,
+        #[serde(default)]
+        reject_worst: f64,
+        #[serde(default)]
+        reference: Option<String>,
     }
     let p: P = a.bind(
         "fits.stack",
@@ -272,15 +283,12 @@ fn stack_task(env: &FitsEnv, ctx: &TaskContext, a: Args) -> Result<Value, TaskEr
             "cosmetic",
             "percentile_low",
             "percentile_high",
+            "transform",
+            "interpolation",
+            "reject_worst",
+            "reference",
         ],
     )?;
-    if p.register {
-        return Err(TaskError::exception(ExceptionInfo::builtin(
-            "NotImplementedError",
-            "register=True is not yet supported: frames are stacked as they are (registration \
-             is a planned feature)",
-        )));
-    }
     let compute = env
         .devices
         .select(&p.device)
@@ -313,10 +321,113 @@ fn stack_task(env: &FitsEnv, ctx: &TaskContext, a: Args) -> Result<Value, TaskEr
             .map_err(path_error)?,
         memory_budget: stack::DEFAULT_MEMORY_BUDGET,
     };
+    if p.register {
+        let registration = register_params(
+            env,
+            params.inputs.clone(),
+            None,
+            p.reference.as_deref(),
+            &p.transform,
+            &p.interpolation,
+            p.reject_worst,
+        )?;
+        return register::registered_stack(
+            &params,
+            &registration,
+            compute.as_ref(),
+            &TaskProgress::new(ctx),
+        )
+        .map_err(pipeline_error);
+    }
     let report =
         stack::stack(&params, compute.as_ref(), &TaskProgress::new(ctx)).map_err(pipeline_error)?;
     crate::metrics::count_frames(report.frames_used, report.width * report.height);
     Ok(report.to_json())
+}
+
+/// `fits.register(inputs, output_dir=None, reference=None, transform="similarity",
+/// interpolation="lanczos3", reject_worst=0)`.
+fn register_task(env: &FitsEnv, ctx: &TaskContext, a: Args) -> Result<Value, TaskError> {
+    #[derive(Deserialize)]
+    struct P {
+        inputs: Inputs,
+        #[serde(default)]
+        output_dir: Option<String>,
+        #[serde(default)]
+        reference: Option<String>,
+        #[serde(default = "default_similarity")]
+        transform: String,
+        #[serde(default = "default_lanczos3")]
+        interpolation: String,
+        #[serde(default)]
+        reject_worst: f64,
+    }
+    let p: P = a.bind(
+        "fits.register",
+        &[
+            "inputs",
+            "output_dir",
+            "reference",
+            "transform",
+            "interpolation",
+            "reject_worst",
+        ],
+    )?;
+    let inputs = env
+        .roots
+        .expand_inputs(&p.inputs.items())
+        .map_err(path_error)?;
+    let output_dir = p
+        .output_dir
+        .as_deref()
+        .map(|d| env.roots.output(Path::new(d)))
+        .transpose()
+        .map_err(path_error)?;
+    let params = register_params(
+        env,
+        inputs,
+        output_dir,
+        p.reference.as_deref(),
+        &p.transform,
+        &p.interpolation,
+        p.reject_worst,
+    )?;
+    let report = register::register(&params, &TaskProgress::new(ctx)).map_err(pipeline_error)?;
+    Ok(report.to_json())
+}
+
+fn register_params(
+    env: &FitsEnv,
+    inputs: Vec<PathBuf>,
+    output_dir: Option<PathBuf>,
+    reference: Option<&str>,
+    transform: &str,
+    interpolation: &str,
+    reject_worst: f64,
+) -> Result<register::RegisterParams, TaskError> {
+    Ok(register::RegisterParams {
+        inputs,
+        output_dir,
+        reference: reference
+            .map(|r| env.roots.input(Path::new(r)))
+            .transpose()
+            .map_err(path_error)?,
+        model: Model::parse(transform).ok_or_else(|| {
+            TaskError::value_error(format!(
+                "transform must be shift, similarity, affine or homography, not {transform:?}"
+            ))
+        })?,
+        interpolation: Interpolation::parse(interpolation).ok_or_else(|| {
+            TaskError::value_error(format!(
+                "interpolation must be bilinear, bicubic or lanczos3, not {interpolation:?}"
+            ))
+        })?,
+        reject_worst: if (0.0..1.0).contains(&reject_worst) {
+            reject_worst
+        } else {
+            return Err(TaskError::value_error("reject_worst must be in [0, 1)"));
+        },
+    })
 }
 
 fn masters(
@@ -440,6 +551,12 @@ fn default_sigma_clip() -> String {
 }
 fn default_additive_scale() -> String {
     "additive_scale".into()
+}
+fn default_similarity() -> String {
+    "similarity".into()
+}
+fn default_lanczos3() -> String {
+    "lanczos3".into()
 }
 fn default_none() -> String {
     "none".into()

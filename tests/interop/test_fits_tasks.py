@@ -122,7 +122,8 @@ def test_stack_reports_progress(fits_worker, app, data):
     (("fits.info", ["{root}/raw/table.fits"]), "FitsError", "no image data"),
     (("fits.stack", ["{root}/raw/light_*.fit", "{root}/../escape.fits"]), "PermissionError", "outside"),
     (("fits.stack", ["{root}/raw/light_*.fit", "{root}/out/x.fits"], {"method": "loudest"}), "ValueError", "method must be"),
-    (("fits.stack", ["{root}/raw/light_*.fit", "{root}/out/x.fits"], {"register": True}), "NotImplementedError", "not yet supported"),
+    (("fits.stack", ["{root}/raw/light_*.fit", "{root}/out/x.fits"], {"register": True, "interpolation": "nearest"}), "ValueError", "interpolation must be"),
+    (("fits.stack", ["{root}/raw/light_*.fit", "{root}/out/x.fits"], {"register": True, "bias": "{root}/raw/bias_0001.fit"}), "ValueError", "calibrate them first"),
     (("fits.stack", ["{root}/raw/light_*.fit"], {}), "TypeError", "missing field"),
 ])
 def test_errors_fail_cleanly(fits_worker, app, data, call, exc_name, text):

@@ -1,0 +1,545 @@
+//! Registration: stars in every frame, each frame matched to a reference, and either
+//! registered frames written out or a registered stack computed band by band.
+//!
+//! The registered stack never holds whole frames: for each band of output rows (in the
+//! reference's geometry) it reads, from every frame, only the source rows that band maps
+//! onto (plus a margin for the debayer and the resampling kernel), debayers them, resamples
+//! them into the band, and stacks the band with the compute device. Pixels a frame does not
+//! cover are NaN there, so rejection sees them as missing rather than black.
+
+use std::path::{Path, PathBuf};
+
+use ndarray::{Array2, Array3, ArrayView2, Axis, s};
+use rayon::prelude::*;
+use serde_json::{Value, json};
+
+use super::frames::{Frame, bayer_pattern};
+use super::{PipelineError, Progress, Result, jobs};
+use crate::compute::{BandJob, ChannelMap, Compute};
+use crate::fits::{CardValue, OutputType};
+use crate::science::align::{self, Model, apply, invert, matmul};
+use crate::science::cfa::DebayerMethod;
+use crate::science::normalize::Coefficients;
+use crate::science::stack::Method;
+use crate::science::stars::{self, DetectParams, Star};
+use crate::science::warp::{Interpolation, Transform, sample};
+
+/// Rows read above and below what a band maps onto: the debayer's and Lanczos' reach.
+const MARGIN: usize = 6;
+
+#[derive(Debug, Clone)]
+pub struct RegisterParams {
+    pub inputs: Vec<PathBuf>,
+    /// Where registered frames go (`None`: only compute transforms).
+    pub output_dir: Option<PathBuf>,
+    /// The reference frame (`None`: the one with most stars, then the smallest FWHM).
+    pub reference: Option<PathBuf>,
+    pub model: Model,
+    pub interpolation: Interpolation,
+    /// Fraction of the frames with the worst FWHM to drop (0 keeps all).
+    pub reject_worst: f64,
+}
+
+/// One frame's registration.
+#[derive(Debug, Clone)]
+pub struct FrameRegistration {
+    pub input: PathBuf,
+    pub output: Option<PathBuf>,
+    pub stars: usize,
+    pub fwhm: f64,
+    pub roundness: f64,
+    pub matched: Option<usize>,
+    /// Frame → reference.
+    pub transform: Option<Transform>,
+    pub rms_px: Option<f64>,
+    /// Why it is not used (no match, too few stars, rejected as one of the worst).
+    pub dropped: Option<String>,
+}
+
+impl FrameRegistration {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "input": self.input.display().to_string(),
+            "output": self.output.as_ref().map(|p| p.display().to_string()),
+            "stars": self.stars,
+            "fwhm": finite(self.fwhm),
+            "roundness": finite(self.roundness),
+            "matched": self.matched,
+            "transform": self.transform,
+            "rms_px": self.rms_px.and_then(finite),
+            "dropped": self.dropped,
+        })
+    }
+}
+
+fn finite(x: f64) -> Option<f64> {
+    x.is_finite().then_some(x)
+}
+
+#[derive(Debug, Clone)]
+pub struct RegisterReport {
+    pub reference: PathBuf,
+    pub frames: Vec<FrameRegistration>,
+    pub model: Model,
+    pub interpolation: Interpolation,
+}
+
+impl RegisterReport {
+    /// The `fits.register` result.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "reference": self.reference.display().to_string(),
+            "transform": self.model.name(),
+            "interpolation": self.interpolation.name(),
+            "frames": self.frames.iter().map(FrameRegistration::to_json).collect::<Vec<_>>(),
+            "dropped": self.dropped().iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
+        })
+    }
+
+    pub fn dropped(&self) -> Vec<PathBuf> {
+        self.frames
+            .iter()
+            .filter(|f| f.dropped.is_some())
+            .map(|f| f.input.clone())
+            .collect()
+    }
+
+    /// The frames to stack, with their frame → reference transforms.
+    pub fn used(&self) -> Vec<(&Path, Transform)> {
+        self.frames
+            .iter()
+            .filter(|f| f.dropped.is_none())
+            .filter_map(|f| f.transform.map(|t| (f.input.as_path(), t)))
+            .collect()
+    }
+}
+
+/// Stars of one frame, in frame pixels.
+fn frame_stars(path: &Path) -> Result<(Vec<Star>, (usize, usize))> {
+    let frame = Frame::open(path)?;
+    let data = frame.read_all()?;
+    let pattern = bayer_pattern(&frame.info);
+    let lum = stars::luminance(data.view(), pattern);
+    let saturation = data.iter().copied().fold(f32::MIN, f32::max) as f64 * 0.98;
+    let params = DetectParams {
+        saturation: saturation.max(1.0) * lum.scale * lum.scale,
+        ..DetectParams::default()
+    };
+    let mut found = stars::detect(lum.image.view(), &params);
+    stars::to_frame(&mut found, &lum);
+    Ok((found, (data.dim().1, data.dim().2)))
+}
+
+/// Detects, picks the reference and matches every frame to it.
+pub fn register(p: &RegisterParams, progress: &dyn Progress) -> Result<RegisterReport> {
+    if p.inputs.is_empty() {
+        return Err(PipelineError::Invalid("no input frames".into()));
+    }
+    let n = p.inputs.len();
+    let total = (2 * n) as u64 + if p.output_dir.is_some() { n as u64 } else { 0 };
+    let counter = std::sync::atomic::AtomicU64::new(0);
+    let detected: Vec<(Vec<Star>, (usize, usize))> = p
+        .inputs
+        .par_iter()
+        .map(|path| {
+            progress.checkpoint()?;
+            let r = frame_stars(path);
+            let d = counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            progress.report(d, total, "detecting stars");
+            r
+        })
+        .collect::<Result<_>>()?;
+    let shape = detected[0].1;
+    if let Some((i, _)) = detected.iter().enumerate().find(|(_, d)| d.1 != shape) {
+        return Err(PipelineError::Invalid(format!(
+            "{} is {}×{}, the first frame {}×{}",
+            p.inputs[i].display(),
+            detected[i].1.1,
+            detected[i].1.0,
+            shape.1,
+            shape.0
+        )));
+    }
+    let reference = match &p.reference {
+        Some(r) => p.inputs.iter().position(|i| i == r).ok_or_else(|| {
+            PipelineError::Invalid(format!(
+                "reference {} is not one of the inputs",
+                r.display()
+            ))
+        })?,
+        None => (0..n)
+            .max_by(|&a, &b| {
+                let (sa, sb) = (&detected[a].0, &detected[b].0);
+                sa.len()
+                    .cmp(&sb.len())
+                    .then(stars::median_fwhm(sb).total_cmp(&stars::median_fwhm(sa)))
+            })
+            .expect("at least one frame"),
+    };
+    let ref_stars = &detected[reference].0;
+    let mut frames: Vec<FrameRegistration> = detected
+        .par_iter()
+        .enumerate()
+        .map(|(i, (found, _))| {
+            let roundness = {
+                let mut r: Vec<f32> = found.iter().map(|s| s.roundness as f32).collect();
+                if r.is_empty() {
+                    f64::NAN
+                } else {
+                    f64::from(crate::science::stats::median_in_place(&mut r))
+                }
+            };
+            let alignment = if i == reference {
+                Some(align::Alignment {
+                    transform: crate::science::warp::IDENTITY,
+                    matched: found.len(),
+                    rms_px: 0.0,
+                })
+            } else {
+                align::align(found, ref_stars, p.model)
+            };
+            FrameRegistration {
+                input: p.inputs[i].clone(),
+                output: None,
+                stars: found.len(),
+                fwhm: stars::median_fwhm(found),
+                roundness,
+                matched: alignment.as_ref().map(|a| a.matched),
+                transform: alignment.as_ref().map(|a| a.transform),
+                rms_px: alignment.as_ref().map(|a| a.rms_px),
+                dropped: alignment.is_none().then(|| {
+                    format!(
+                        "no match with the reference ({} stars, {} needed in common)",
+                        found.len(),
+                        align::MIN_MATCHES
+                    )
+                }),
+            }
+        })
+        .collect();
+    progress.report(2 * n as u64, total, "matching");
+    reject_worst(&mut frames, reference, p.reject_worst);
+    for f in frames.iter().filter(|f| f.dropped.is_some()) {
+        tracing::warn!(
+            "{}: dropped: {}",
+            f.input.display(),
+            f.dropped.as_deref().unwrap_or("")
+        );
+    }
+    let mut report = RegisterReport {
+        reference: p.inputs[reference].clone(),
+        frames,
+        model: p.model,
+        interpolation: p.interpolation,
+    };
+    if let Some(dir) = &p.output_dir {
+        write_registered(&mut report, dir, shape, progress, 2 * n as u64, total)?;
+    }
+    Ok(report)
+}
+
+/// Drops the `fraction` of matched frames with the largest FWHM (never the reference).
+fn reject_worst(frames: &mut [FrameRegistration], reference: usize, fraction: f64) {
+    if fraction.is_nan() || fraction <= 0.0 {
+        return;
+    }
+    let mut order: Vec<usize> = (0..frames.len())
+        .filter(|&i| i != reference && frames[i].dropped.is_none())
+        .collect();
+    order.sort_by(|&a, &b| frames[b].fwhm.total_cmp(&frames[a].fwhm));
+    let count = ((frames.len() as f64) * fraction.min(1.0)).round() as usize;
+    for &i in order.iter().take(count) {
+        frames[i].dropped = Some(format!(
+            "rejected as one of the worst {:.0}% (FWHM {:.2} px)",
+            fraction * 100.0,
+            frames[i].fwhm
+        ));
+    }
+}
+
+/// Writes each used frame debayered and resampled onto the reference as float32 FITS.
+fn write_registered(
+    report: &mut RegisterReport,
+    dir: &Path,
+    (h, w): (usize, usize),
+    progress: &dyn Progress,
+    mut done: u64,
+    total: u64,
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| PipelineError::Directory {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    let interpolation = report.interpolation;
+    for f in report.frames.iter_mut().filter(|f| f.dropped.is_none()) {
+        progress.checkpoint()?;
+        let Some(t) = f.transform else { continue };
+        let frame = Frame::open(&f.input)?;
+        let sources = band_sources(&frame, 0, frame.info.height())?;
+        let inverse =
+            invert(&t).ok_or_else(|| PipelineError::Invalid("singular transform".into()))?;
+        let mut out = Array3::<f32>::zeros((sources.dim().0, h, w));
+        for (c, mut plane) in out.axis_iter_mut(Axis(0)).enumerate() {
+            resample_rows(
+                sources.index_axis(Axis(0), c),
+                0,
+                &inverse,
+                interpolation,
+                0,
+                plane.view_mut(),
+            );
+        }
+        let mut header = jobs::output_header(&frame.info.header, false);
+        header.push_history(&format!(
+            "register: {} onto {}, {} ({} stars matched, rms {:.3} px)",
+            report.model.name(),
+            report.reference.display(),
+            interpolation.name(),
+            f.matched.unwrap_or(0),
+            f.rms_px.unwrap_or(f64::NAN)
+        ));
+        let stem = f
+            .input
+            .file_stem()
+            .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+        let path = dir.join(format!("{stem}_registered.fits"));
+        jobs::write_output(&path, out.view(), OutputType::Float32, &header)?;
+        f.output = Some(path);
+        done += 1;
+        progress.report(done, total, "resampling");
+    }
+    Ok(())
+}
+
+/// Rows `row0 .. row1` of a frame as colour planes: debayered (RCD) when the frame is a CFA
+/// mosaic (starting on an even row, so the pattern is the file's), as they are otherwise.
+fn band_sources(frame: &Frame, row0: usize, row1: usize) -> Result<Array3<f32>> {
+    let (w, planes) = (frame.info.width(), frame.info.channels());
+    let rows = row1 - row0;
+    let mut raw = Array3::<f32>::zeros((planes, rows, w));
+    for (c, mut plane) in raw.axis_iter_mut(Axis(0)).enumerate() {
+        frame.read_rows(c, row0, plane.as_slice_mut().expect("contiguous"))?;
+    }
+    match (planes, bayer_pattern(&frame.info)) {
+        (1, Some(pattern)) => Ok(crate::science::cfa::debayer(
+            raw.index_axis(Axis(0), 0),
+            pattern.shifted(0, row0 % 2),
+            DebayerMethod::Rcd,
+        )),
+        _ => Ok(raw),
+    }
+}
+
+/// Resamples output rows `out_row0 ..` (reference geometry) from `src`, which holds the
+/// frame's rows from `src_row0`. `inverse` maps reference → frame.
+fn resample_rows(
+    src: ArrayView2<f32>,
+    src_row0: usize,
+    inverse: &Transform,
+    interpolation: Interpolation,
+    out_row0: usize,
+    mut out: ndarray::ArrayViewMut2<f32>,
+) {
+    let shift: Transform = [
+        [1.0, 0.0, 0.0],
+        [0.0, 1.0, -(src_row0 as f64)],
+        [0.0, 0.0, 1.0],
+    ];
+    let m = matmul(&shift, inverse);
+    out.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(r, mut row)| {
+            let y = (out_row0 + r) as f64;
+            for (x, v) in row.iter_mut().enumerate() {
+                *v = sample(src, &m, interpolation, x as f64, y);
+            }
+        });
+}
+
+/// The frame rows `[first, last)` that output rows `[y0, y1)` of width `w` map onto.
+fn source_rows(inverse: &Transform, y0: usize, y1: usize, w: usize, h: usize) -> (usize, usize) {
+    let corners = [
+        (0.0, y0 as f64),
+        ((w - 1) as f64, y0 as f64),
+        (0.0, (y1 - 1) as f64),
+        ((w - 1) as f64, (y1 - 1) as f64),
+    ];
+    let ys: Vec<f64> = corners
+        .iter()
+        .map(|&(x, y)| apply(inverse, x, y).1)
+        .collect();
+    let lo = ys.iter().copied().fold(f64::INFINITY, f64::min).floor() as i64 - MARGIN as i64;
+    let hi = ys.iter().copied().fold(f64::NEG_INFINITY, f64::max).ceil() as i64 + MARGIN as i64 + 1;
+    let lo = (lo.max(0) as usize) & !1;
+    let hi = (hi.max(0) as usize).min(h);
+    if lo >= hi { (0, 0) } else { (lo, hi) }
+}
+
+/// Stacks the used frames of `report` onto the reference, band by band. Returns the
+/// `(planes, H, W)` stack and the number of rejected samples.
+pub fn stack_registered(
+    report: &RegisterReport,
+    method: Method,
+    compute: &dyn Compute,
+    memory_budget: usize,
+    progress: &dyn Progress,
+) -> Result<(Array3<f32>, u64)> {
+    let used = report.used();
+    let frames: Vec<(Frame, Transform)> = used
+        .iter()
+        .map(|(p, t)| {
+            let inverse =
+                invert(t).ok_or_else(|| PipelineError::Invalid("singular transform".into()))?;
+            Ok((Frame::open(p)?, inverse))
+        })
+        .collect::<Result<_>>()?;
+    let first = &frames[0].0.info;
+    let (h, w) = (first.height(), first.width());
+    let planes = if bayer_pattern(first).is_some() {
+        3
+    } else {
+        first.channels()
+    };
+    let n = frames.len();
+    let rows = jobs::band_rows(n * planes, w, h, memory_budget).max(1);
+    let coefficients = vec![[Coefficients::IDENTITY; 3]; n];
+    let mut out = Array3::<f32>::zeros((planes, h, w));
+    let mut rejected = 0u64;
+    let bands = h.div_ceil(rows) as u64;
+    for (b, y0) in (0..h).step_by(rows).enumerate() {
+        progress.checkpoint()?;
+        let y1 = (y0 + rows).min(h);
+        let mut band = Array3::<f32>::from_elem((planes * n, y1 - y0, w), f32::NAN);
+        // Frame by frame (each resampling is parallel inside).
+        for (i, (frame, inverse)) in frames.iter().enumerate() {
+            let (s0, s1) = source_rows(inverse, y0, y1, w, h);
+            if s0 == s1 {
+                continue;
+            }
+            let sources = band_sources(frame, s0, s1)?;
+            for c in 0..planes {
+                resample_rows(
+                    sources.index_axis(Axis(0), c),
+                    s0,
+                    inverse,
+                    report.interpolation,
+                    y0,
+                    band.index_axis_mut(Axis(0), c * n + i),
+                );
+            }
+        }
+        for c in 0..planes {
+            let job = BandJob {
+                frames: band.slice_mut(s![c * n..(c + 1) * n, .., ..]),
+                row0: y0,
+                calibration: None,
+                coefficients: &coefficients,
+                channels: ChannelMap::Plane(c.min(2)),
+                method,
+                weights: None,
+            };
+            rejected += compute.stack_band(job, out.slice_mut(s![c, y0..y1, ..]))?;
+        }
+        progress.report(b as u64 + 1, bands, "stacking registered frames");
+    }
+    Ok((out, rejected))
+}
+
+/// The header of a registered stack: the reference's carried cards, exposure totals and
+/// the registration in HISTORY.
+pub fn stack_header(report: &RegisterReport, method: Method) -> Result<crate::fits::Header> {
+    let reference = Frame::open(&report.reference)?;
+    let mut header = jobs::output_header(&reference.info.header, false);
+    let used = report.used();
+    let mut exposure = 0.0;
+    for (p, _) in &used {
+        exposure += Frame::open(p)?.exposure().unwrap_or(0.0);
+    }
+    if exposure > 0.0 {
+        header.set(
+            "EXPTIME",
+            CardValue::Float(exposure),
+            Some("total exposure of the stacked frames [s]"),
+        );
+        header.set(
+            "LIVETIME",
+            CardValue::Float(exposure),
+            Some("total exposure of the stacked frames [s]"),
+        );
+    }
+    header.set(
+        "STACKCNT",
+        CardValue::Int(used.len() as i64),
+        Some("frames stacked"),
+    );
+    header.push_history(&format!(
+        "register: {} transforms onto {}, {} resampling, {} frame(s) dropped",
+        report.model.name(),
+        report.reference.display(),
+        report.interpolation.name(),
+        report.dropped().len()
+    ));
+    header.push_history(&format!("stack: {}", method.name()));
+    Ok(header)
+}
+
+/// `stack(..., register=True)`: registers the frames, stacks them band by band onto the
+/// reference and writes the output (and preview); returns the `fits.stack` result with the
+/// registration under `"registration"`. Calibration must have been applied before.
+pub fn registered_stack(
+    params: &super::stack::StackParams,
+    registration: &RegisterParams,
+    compute: &dyn Compute,
+    progress: &dyn Progress,
+) -> Result<Value> {
+    let m = &params.masters;
+    if m.bias.is_some() || m.dark.is_some() || m.flat.is_some() {
+        return Err(PipelineError::Invalid(
+            "registration stacks calibrated frames: calibrate them first (calibrate), then \
+             stack the calibrated frames with registration"
+                .into(),
+        ));
+    }
+    let started = std::time::Instant::now();
+    let report = register(registration, progress)?;
+    let (image, rejected) = stack_registered(
+        &report,
+        params.method,
+        compute,
+        params.memory_budget,
+        progress,
+    )?;
+    let header = stack_header(&report, params.method)?;
+    jobs::write_output(&params.output, image.view(), params.dtype, &header)?;
+    if let Some(preview) = &params.preview {
+        jobs::write_stretched(
+            preview,
+            image.view(),
+            crate::science::stretch::Stretch::Auto,
+        )?;
+    }
+    let used = report.used().len();
+    let (planes, h, w) = image.dim();
+    crate::metrics::count_frames(used, w * h);
+    Ok(json!({
+        "output": params.output.display().to_string(),
+        "preview": params.preview.as_ref().map(|p| p.display().to_string()),
+        "frames_used": used,
+        "width": w,
+        "height": h,
+        "channels": planes,
+        "method": params.method.name(),
+        "rejected_fraction": rejected as f64 / (used * planes * h * w).max(1) as f64,
+        "device": compute.device(),
+        "elapsed_s": started.elapsed().as_secs_f64(),
+        "registration": report.to_json(),
+    }))
+}
+
+/// A luminance view of a stacked/registered image for FWHM checks: the sum of its planes.
+pub fn image_fwhm(image: ndarray::ArrayView3<f32>) -> f64 {
+    let lum: Array2<f32> = image.sum_axis(Axis(0));
+    let found = stars::detect(lum.view(), &DetectParams::default());
+    stars::median_fwhm(&found)
+}
