@@ -66,6 +66,14 @@
 //! [`stack_band`] parallelises over rows with rayon. Within a row, blocks of pixels are
 //! gathered from the N frames into a transposed buffer (each pixel's samples contiguous), and
 //! all per-pixel work uses per-thread memory: nothing is allocated per pixel.
+//!
+//! Median, SigmaClip and Winsorized without weights (the median ignores them) take an integer
+//! path (`lanes`) for the pixels whose samples are all integers in `0..=65535`, as those of
+//! uncalibrated unsigned 16-bit frames: 32 adjacent pixels are sorted at once by a sorting
+//! network on 16-bit keys (vectorised across pixels), and each pass only moves the ends of
+//! the kept range of the sorted samples, with exact integer sums. Median and SigmaClip give
+//! the same bits as the general path; Winsorized sums its clamped samples in another order
+//! (σ may differ in its last bits).
 
 use ndarray::{ArrayView2, ArrayView3, ArrayViewMut2, Axis, s};
 use rayon::prelude::*;
@@ -329,14 +337,18 @@ fn stack_rows(
         return 0;
     }
     let network = lanes::eligible(method, weights, n).then(|| lanes::SortingNetwork::new(n));
+    thread_local! {
+        // Kept from band to band: the integer path's scratch is hundreds of KiB.
+        static SCRATCH: std::cell::RefCell<RowScratch> = std::cell::RefCell::default();
+    }
     dst.par_chunks_mut(width)
         .enumerate()
-        .map_init(RowScratch::default, |scratch, (row, out)| {
+        .map(|(row, out)| {
             let frame_rows = frames.index_axis(Axis(1), row);
-            match &network {
+            SCRATCH.with_borrow_mut(|scratch| match &network {
                 Some(network) => lanes::stack_row(method, network, frame_rows, out, scratch),
                 None => stack_row(method, frame_rows, weights, out, scratch),
-            }
+            })
         })
         .sum()
 }
@@ -725,12 +737,15 @@ fn sum_pairs(mut terms: impl Iterator<Item = (f64, f64)>) -> (f64, f64) {
 /// A pixel with a sample that is not such an integer (NaN, a fraction, a negative value) is
 /// reduced by [`reduce_samples`].
 mod lanes {
-    use ndarray::ArrayView2;
+    use ndarray::{ArrayView2, s};
 
     use super::{Method, RowScratch, around, reduce_samples, std_from_sums};
 
     /// Pixels processed together.
     pub(super) const LANES: usize = 32;
+
+    /// Pixels of a row gathered at a time (the scratch holds `SEGMENT × N` samples).
+    const SEGMENT: usize = 16 * LANES;
 
     /// One frame's samples of `LANES` adjacent pixels, as `u16` values with the top bit
     /// flipped, so that signed comparisons order them as unsigned ones.
@@ -752,25 +767,36 @@ mod lanes {
 
     /// The comparators of Batcher's odd–even merge sort of `n` elements (those of the next
     /// power of two, without the ones that involve the missing elements: padding with +∞
-    /// would make them no-ops).
+    /// would make them no-ops), as runs of independent comparators between two ranges.
     pub(super) struct SortingNetwork {
         n: usize,
-        pairs: Vec<(u16, u16)>,
+        /// `(a, k, len)`: compare-exchange elements `a + t` and `a + k + t` for `t < len`
+        /// (`len ≤ k`, so the two ranges do not overlap).
+        runs: Vec<(u16, u16, u16)>,
     }
 
     impl SortingNetwork {
         pub(super) fn new(n: usize) -> Self {
             assert!(n <= MAX_FRAMES);
-            let mut pairs = Vec::new();
+            let mut runs: Vec<(u16, u16, u16)> = Vec::new();
             let mut p = 1;
             while p < n {
                 let mut k = p;
                 while k > 0 {
                     let mut j = k % p;
                     while j + k < n {
+                        // The comparators of one (p, k, j) are independent: consecutive ones
+                        // make one run.
+                        let mut extend = false;
                         for i in 0..k.min(n - j - k) {
                             if (i + j) / (2 * p) == (i + j + k) / (2 * p) {
-                                pairs.push(((i + j) as u16, (i + j + k) as u16));
+                                match runs.last_mut() {
+                                    Some(run) if extend => run.2 += 1,
+                                    _ => runs.push(((i + j) as u16, k as u16, 1)),
+                                }
+                                extend = true;
+                            } else {
+                                extend = false;
                             }
                         }
                         j += 2 * k;
@@ -779,7 +805,7 @@ mod lanes {
                 }
                 p *= 2;
             }
-            Self { n, pairs }
+            Self { n, runs }
         }
 
         /// [`SortingNetwork::sort`], for the tests.
@@ -792,13 +818,15 @@ mod lanes {
         #[inline(always)]
         fn sort(&self, rows: &mut [Row]) {
             assert_eq!(rows.len(), self.n, "one row per frame");
-            for &(i, j) in &self.pairs {
-                let (head, tail) = rows.split_at_mut(usize::from(j));
-                let (a, b) = (&mut head[usize::from(i)], &mut tail[0]);
-                for l in 0..LANES {
-                    let (x, y) = (a[l], b[l]);
-                    a[l] = x.min(y);
-                    b[l] = x.max(y);
+            for &(a, k, len) in &self.runs {
+                let (a, k, len) = (usize::from(a), usize::from(k), usize::from(len));
+                let (head, tail) = rows.split_at_mut(a + k);
+                for (low, high) in head[a..a + len].iter_mut().zip(&mut tail[..len]) {
+                    for l in 0..LANES {
+                        let (x, y) = (low[l], high[l]);
+                        low[l] = x.min(y);
+                        high[l] = x.max(y);
+                    }
                 }
             }
         }
@@ -838,7 +866,8 @@ mod lanes {
     /// Working memory of [`stack_row`], per thread.
     #[derive(Default)]
     pub(super) struct Scratch {
-        /// Block `b` (pixels `b·LANES ..`) has rows `b·N .. (b + 1)·N`, one per frame.
+        /// Block `b` (pixels `b·LANES ..` of the segment) has rows `b·N .. (b + 1)·N`, one
+        /// per frame.
         rows: Vec<Row>,
         /// Per block and lane: 1 once a sample is not an integer in `0..=65535`.
         other: Vec<[u8; LANES]>,
@@ -857,8 +886,7 @@ mod lanes {
         out: &mut [f32],
         scratch: &mut RowScratch,
     ) -> u64 {
-        let (n, width) = frame_rows.dim();
-        let blocks = width.div_ceil(LANES);
+        let n = frame_rows.nrows();
         let RowScratch {
             block,
             pixel,
@@ -871,74 +899,79 @@ mod lanes {
                     row: row_copy,
                 },
         } = scratch;
-        rows.resize(blocks * n, [0; LANES]);
-        other.clear();
-        other.resize(blocks, [0; LANES]);
-        sums.clear();
-        sums.resize(blocks, [0; LANES]);
-        squares.clear();
-        squares.resize(blocks, [0; LANES]);
-        // Each frame's row in turn (one contiguous stream), into the blocks' rows.
-        for (f, frame_row) in frame_rows.outer_iter().enumerate() {
-            let row = match frame_row.to_slice() {
-                Some(row) => row,
-                None => {
-                    row_copy.clear();
-                    row_copy.extend(frame_row.iter());
-                    &row_copy[..]
-                }
-            };
-            let chunks = row.chunks(LANES).zip(rows[f..].iter_mut().step_by(n));
-            let per_lane = other
-                .iter_mut()
-                .zip(sums.iter_mut())
-                .zip(squares.iter_mut());
-            for ((chunk, keys), ((other, sums), squares)) in chunks.zip(per_lane) {
-                // Lanes past the end of the row read 0.
-                let x: [f32; LANES] = chunk.try_into().unwrap_or_else(|_| {
-                    let mut x = [0.0; LANES];
-                    x[..chunk.len()].copy_from_slice(chunk);
-                    x
-                });
-                for l in 0..LANES {
-                    // An integer in 0..=65535 is unchanged by clamping to that range, and
-                    // 2²³ + it is exact, with the integer in the low mantissa bits (NaN
-                    // stays NaN, which differs from itself).
-                    let clamped = x[l].clamp(0.0, 65535.0);
-                    let shifted = clamped + 8_388_608.0;
-                    let exact = shifted - 8_388_608.0 == x[l];
-                    other[l] |= u8::from(!exact);
-                    let v = shifted.to_bits() & 0xffff;
-                    keys[l] = (v as u16 ^ 0x8000) as i16;
-                    sums[l] += v;
-                    squares[l] += u64::from(v * v);
+        let mut rejected = 0;
+        for (x0, out) in (0..).step_by(SEGMENT).zip(out.chunks_mut(SEGMENT)) {
+            let width = out.len();
+            let blocks = width.div_ceil(LANES);
+            rows.resize(blocks * n, [0; LANES]);
+            other.clear();
+            other.resize(blocks, [0; LANES]);
+            sums.clear();
+            sums.resize(blocks, [0; LANES]);
+            squares.clear();
+            squares.resize(blocks, [0; LANES]);
+            // Each frame's row in turn (one contiguous stream), into the blocks' rows.
+            for (f, frame_row) in frame_rows.outer_iter().enumerate() {
+                let frame_row = frame_row.slice_move(s![x0..x0 + width]);
+                let row = match frame_row.to_slice() {
+                    Some(row) => row,
+                    None => {
+                        row_copy.clear();
+                        row_copy.extend(frame_row.iter());
+                        &row_copy[..]
+                    }
+                };
+                let chunks = row.chunks(LANES).zip(rows[f..].iter_mut().step_by(n));
+                let per_lane = other
+                    .iter_mut()
+                    .zip(sums.iter_mut())
+                    .zip(squares.iter_mut());
+                for ((chunk, keys), ((other, sums), squares)) in chunks.zip(per_lane) {
+                    // Lanes past the end of the row read 0.
+                    let x: [f32; LANES] = chunk.try_into().unwrap_or_else(|_| {
+                        let mut x = [0.0; LANES];
+                        x[..chunk.len()].copy_from_slice(chunk);
+                        x
+                    });
+                    for l in 0..LANES {
+                        // An integer in 0..=65535 is unchanged by clamping to that range, and
+                        // 2²³ + it is exact, with the integer in the low mantissa bits (NaN
+                        // stays NaN, which differs from itself).
+                        let clamped = x[l].clamp(0.0, 65535.0);
+                        let shifted = clamped + 8_388_608.0;
+                        let exact = shifted - 8_388_608.0 == x[l];
+                        other[l] |= u8::from(!exact);
+                        let v = shifted.to_bits() & 0xffff;
+                        keys[l] = (v as u16 ^ 0x8000) as i16;
+                        sums[l] += v;
+                        squares[l] += u64::from(v * v);
+                    }
                 }
             }
-        }
-        let mut rejected = 0;
-        let blocks = out.chunks_mut(LANES).zip(rows.chunks_exact_mut(n));
-        for (b, (out_block, block_rows)) in blocks.enumerate() {
-            network.sort(block_rows);
-            for (l, o) in out_block.iter_mut().enumerate() {
-                let (value, r) = if other[b][l] == 0 {
-                    let sorted = Sorted {
-                        rows: block_rows,
-                        lane: l,
+            let blocks = out.chunks_mut(LANES).zip(rows.chunks_exact_mut(n));
+            for (b, (out_block, block_rows)) in blocks.enumerate() {
+                network.sort(block_rows);
+                for (l, o) in out_block.iter_mut().enumerate() {
+                    let (value, r) = if other[b][l] == 0 {
+                        let sorted = Sorted {
+                            rows: block_rows,
+                            lane: l,
+                        };
+                        let all = Kept {
+                            lo: 0,
+                            hi: n,
+                            sum: i64::from(sums[b][l]),
+                            squares: squares[b][l] as i64,
+                        };
+                        reduce_lane(method, &sorted, all)
+                    } else {
+                        block.clear();
+                        block.extend(frame_rows.column(x0 + b * LANES + l).iter());
+                        reduce_samples(method, block, None, pixel)
                     };
-                    let all = Kept {
-                        lo: 0,
-                        hi: n,
-                        sum: i64::from(sums[b][l]),
-                        squares: squares[b][l] as i64,
-                    };
-                    reduce_lane(method, &sorted, all)
-                } else {
-                    block.clear();
-                    block.extend(frame_rows.column(b * LANES + l).iter());
-                    reduce_samples(method, block, None, pixel)
-                };
-                *o = value;
-                rejected += u64::from(r);
+                    *o = value;
+                    rejected += u64::from(r);
+                }
             }
         }
         rejected
@@ -1463,7 +1496,7 @@ mod tests {
         });
         let odd = [f32::NAN, 3.5, -2.0, 70000.0, f32::INFINITY, -0.0];
         for (k, &v) in odd.iter().enumerate() {
-            let (f, r, x) = (k % n, k % rows, (5 * k + 3) % width);
+            let (f, r, x) = (k % n, k % rows, (397 * k + 3) % width);
             frames[(f, r, x)] = v;
         }
         frames
