@@ -66,6 +66,14 @@
 //! [`stack_band`] parallelises over rows with rayon. Within a row, blocks of pixels are
 //! gathered from the N frames into a transposed buffer (each pixel's samples contiguous), and
 //! all per-pixel work uses per-thread memory: nothing is allocated per pixel.
+//!
+//! Median, SigmaClip and Winsorized without weights (the median ignores them) take an integer
+//! path (`lanes`) for the pixels whose samples are all integers in `0..=65535`, as those of
+//! uncalibrated unsigned 16-bit frames: 32 adjacent pixels are sorted at once by a sorting
+//! network on 16-bit keys (vectorised across pixels), and each pass only moves the ends of
+//! the kept range of the sorted samples, with exact integer sums. Median and SigmaClip give
+//! the same bits as the general path; Winsorized sums its clamped samples in another order
+//! (σ may differ in its last bits).
 
 use ndarray::{ArrayView2, ArrayView3, ArrayViewMut2, Axis, s};
 use rayon::prelude::*;
@@ -314,6 +322,7 @@ struct RowScratch {
     /// A block of pixels, transposed: pixel `p`'s samples are `block[p·N .. (p+1)·N]`.
     block: Vec<f32>,
     pixel: Scratch,
+    lanes: lanes::Scratch,
 }
 
 /// `dst` is the standard-layout `(rows, width)` output; `frames` has at least one frame.
@@ -323,20 +332,23 @@ fn stack_rows(
     weights: Option<&[f32]>,
     dst: &mut [f32],
 ) -> u64 {
-    let width = frames.dim().2;
+    let (n, _, width) = frames.dim();
     if width == 0 {
         return 0;
     }
+    let network = lanes::eligible(method, weights, n).then(|| lanes::SortingNetwork::new(n));
+    thread_local! {
+        // Kept from band to band: the integer path's scratch is hundreds of KiB.
+        static SCRATCH: std::cell::RefCell<RowScratch> = std::cell::RefCell::default();
+    }
     dst.par_chunks_mut(width)
         .enumerate()
-        .map_init(RowScratch::default, |scratch, (row, out)| {
-            stack_row(
-                method,
-                frames.index_axis(Axis(1), row),
-                weights,
-                out,
-                scratch,
-            )
+        .map(|(row, out)| {
+            let frame_rows = frames.index_axis(Axis(1), row);
+            SCRATCH.with_borrow_mut(|scratch| match &network {
+                Some(network) => lanes::stack_row(method, network, frame_rows, out, scratch),
+                None => stack_row(method, frame_rows, weights, out, scratch),
+            })
         })
         .sum()
 }
@@ -555,11 +567,17 @@ fn around(c: f64, s: f64, low: f32, high: f32) -> (f64, f64) {
 /// deviations from `c` and of their squares: one pass, and accurate when `c` is central (the
 /// median), since the squared mean deviation is then small.
 fn std_around<T: Copy + Into<f64>>(v: &[T], c: f64, ddof: usize) -> f64 {
-    let n = v.len() as f64;
     let (sum, squares) = sum_pairs(v.iter().map(|&x| {
         let d = x.into() - c;
         (d, d * d)
     }));
+    std_from_sums(sum, squares, v.len(), ddof)
+}
+
+/// The standard deviation of `n` samples from the sums of their deviations from a centre and
+/// of the squared deviations (see [`std_around`]).
+fn std_from_sums(sum: f64, squares: f64, n: usize, ddof: usize) -> f64 {
+    let n = n as f64;
     ((squares - sum * sum / n) / (n - ddof as f64))
         .max(0.0)
         .sqrt()
@@ -694,6 +712,420 @@ fn sum_pairs(mut terms: impl Iterator<Item = (f64, f64)>) -> (f64, f64) {
     }
     let [l0, l1, l2, l3] = lanes;
     ((l0.0 + l1.0) + (l2.0 + l3.0), (l0.1 + l1.1) + (l2.1 + l3.1))
+}
+
+/// The integer path of [`stack_band`]: median, sigma clipping and winsorized clipping without
+/// weights, for pixels whose samples are all integers in `0..=65535` (uncalibrated unsigned
+/// 16-bit frames). Same results as [`reduce_samples`], faster.
+///
+/// `LANES` adjacent pixels are processed together, their samples laid out one row per frame
+/// (as the frames store them), so that the work vectorises across pixels: each row is
+/// converted to `u16` keys while the sums of the values and of their squares accumulate, then
+/// a sorting network (Batcher's odd–even merge sort, one `min`/`max` per comparator and lane)
+/// sorts every pixel's samples at once. Each clipping pass keeps an interval of values, so the
+/// kept samples of a pixel are a contiguous range of its sorted samples: a pass moves the
+/// ends of that range inward (subtracting what it rejects from the sums), and its median is
+/// read at the middle of the range. With integer samples the deviation sums of
+/// [`std_around`] are exact (integers and half-integers well below 2⁵³), so computing them
+/// from the integer sums gives the same `f64` values, bit for bit; so do the medians and the
+/// final means. Winsorized clipping clamps the samples in place step after step; since every
+/// step's interval contains the median, the clamped samples are the originals clamped to the
+/// intersection of the step intervals, and their sums come from the counts clamped at each
+/// end and the exact sums in between (the clamped terms are rounded in another order than in
+/// [`winsorized_sigma`], a difference in the last bits of σ).
+///
+/// A pixel with a sample that is not such an integer (NaN, a fraction, a negative value) is
+/// reduced by [`reduce_samples`].
+mod lanes {
+    use ndarray::{ArrayView2, s};
+
+    use super::{Method, RowScratch, around, reduce_samples, std_from_sums};
+
+    /// Pixels processed together.
+    pub(super) const LANES: usize = 32;
+
+    /// Pixels of a row gathered at a time (the scratch holds `SEGMENT × N` samples).
+    const SEGMENT: usize = 16 * LANES;
+
+    /// One frame's samples of `LANES` adjacent pixels, as `u16` values with the top bit
+    /// flipped, so that signed comparisons order them as unsigned ones.
+    pub(super) type Row = [i16; LANES];
+
+    /// The most frames for this path (the network has O(N·log²N) comparators).
+    const MAX_FRAMES: usize = 1024;
+
+    /// Whether [`stack_row`] can stack `n` frames by `method`.
+    pub(super) fn eligible(method: &Method, weights: Option<&[f32]>, n: usize) -> bool {
+        (1..=MAX_FRAMES).contains(&n)
+            && match method {
+                // The median ignores weights.
+                Method::Median => true,
+                Method::SigmaClip { .. } | Method::Winsorized { .. } => weights.is_none(),
+                _ => false,
+            }
+    }
+
+    /// The comparators of Batcher's odd–even merge sort of `n` elements (those of the next
+    /// power of two, without the ones that involve the missing elements: padding with +∞
+    /// would make them no-ops), as runs of independent comparators between two ranges.
+    pub(super) struct SortingNetwork {
+        n: usize,
+        /// `(a, k, len)`: compare-exchange elements `a + t` and `a + k + t` for `t < len`
+        /// (`len ≤ k`, so the two ranges do not overlap).
+        runs: Vec<(u16, u16, u16)>,
+    }
+
+    impl SortingNetwork {
+        pub(super) fn new(n: usize) -> Self {
+            assert!(n <= MAX_FRAMES);
+            let mut runs: Vec<(u16, u16, u16)> = Vec::new();
+            let mut p = 1;
+            while p < n {
+                let mut k = p;
+                while k > 0 {
+                    let mut j = k % p;
+                    while j + k < n {
+                        // The comparators of one (p, k, j) are independent: consecutive ones
+                        // make one run.
+                        let mut extend = false;
+                        for i in 0..k.min(n - j - k) {
+                            if (i + j) / (2 * p) == (i + j + k) / (2 * p) {
+                                match runs.last_mut() {
+                                    Some(run) if extend => run.2 += 1,
+                                    _ => runs.push(((i + j) as u16, k as u16, 1)),
+                                }
+                                extend = true;
+                            } else {
+                                extend = false;
+                            }
+                        }
+                        j += 2 * k;
+                    }
+                    k /= 2;
+                }
+                p *= 2;
+            }
+            Self { n, runs }
+        }
+
+        /// [`SortingNetwork::sort`], for the tests.
+        #[cfg(test)]
+        pub(super) fn sort_rows(&self, rows: &mut [Row]) {
+            self.sort(rows);
+        }
+
+        /// Sorts each lane of `rows` (`n` rows).
+        #[inline(always)]
+        fn sort(&self, rows: &mut [Row]) {
+            assert_eq!(rows.len(), self.n, "one row per frame");
+            for &(a, k, len) in &self.runs {
+                let (a, k, len) = (usize::from(a), usize::from(k), usize::from(len));
+                let (head, tail) = rows.split_at_mut(a + k);
+                for (low, high) in head[a..a + len].iter_mut().zip(&mut tail[..len]) {
+                    for l in 0..LANES {
+                        let (x, y) = (low[l], high[l]);
+                        low[l] = x.min(y);
+                        high[l] = x.max(y);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stacks one row: `frame_rows` is `(N, width)`, that row of every frame. Returns the
+    /// number of rejected samples.
+    pub(super) fn stack_row(
+        method: &Method,
+        network: &SortingNetwork,
+        frame_rows: ArrayView2<f32>,
+        out: &mut [f32],
+        scratch: &mut RowScratch,
+    ) -> u64 {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2 (checked just above), the only requirement of a
+            // function compiled with `target_feature(enable = "avx2")`.
+            return unsafe { stack_row_avx2(method, network, frame_rows, out, scratch) };
+        }
+        stack_row_body(method, network, frame_rows, out, scratch)
+    }
+
+    /// [`stack_row_body`] compiled for AVX2 (twice the vector width of the x86-64 baseline).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn stack_row_avx2(
+        method: &Method,
+        network: &SortingNetwork,
+        frame_rows: ArrayView2<f32>,
+        out: &mut [f32],
+        scratch: &mut RowScratch,
+    ) -> u64 {
+        stack_row_body(method, network, frame_rows, out, scratch)
+    }
+
+    /// Working memory of [`stack_row`], per thread.
+    #[derive(Default)]
+    pub(super) struct Scratch {
+        /// Block `b` (pixels `b·LANES ..` of the segment) has rows `b·N .. (b + 1)·N`, one
+        /// per frame.
+        rows: Vec<Row>,
+        /// Per block and lane: 1 once a sample is not an integer in `0..=65535`.
+        other: Vec<[u8; LANES]>,
+        /// Per block and lane: the sum of the samples and of their squares.
+        sums: Vec<[u32; LANES]>,
+        squares: Vec<[u64; LANES]>,
+        /// A copy of a frame's row when it is not contiguous.
+        row: Vec<f32>,
+    }
+
+    #[inline(always)]
+    fn stack_row_body(
+        method: &Method,
+        network: &SortingNetwork,
+        frame_rows: ArrayView2<f32>,
+        out: &mut [f32],
+        scratch: &mut RowScratch,
+    ) -> u64 {
+        let n = frame_rows.nrows();
+        let RowScratch {
+            block,
+            pixel,
+            lanes:
+                Scratch {
+                    rows,
+                    other,
+                    sums,
+                    squares,
+                    row: row_copy,
+                },
+        } = scratch;
+        let mut rejected = 0;
+        for (x0, out) in (0..).step_by(SEGMENT).zip(out.chunks_mut(SEGMENT)) {
+            let width = out.len();
+            let blocks = width.div_ceil(LANES);
+            rows.resize(blocks * n, [0; LANES]);
+            other.clear();
+            other.resize(blocks, [0; LANES]);
+            sums.clear();
+            sums.resize(blocks, [0; LANES]);
+            squares.clear();
+            squares.resize(blocks, [0; LANES]);
+            // Each frame's row in turn (one contiguous stream), into the blocks' rows.
+            for (f, frame_row) in frame_rows.outer_iter().enumerate() {
+                let frame_row = frame_row.slice_move(s![x0..x0 + width]);
+                let row = match frame_row.to_slice() {
+                    Some(row) => row,
+                    None => {
+                        row_copy.clear();
+                        row_copy.extend(frame_row.iter());
+                        &row_copy[..]
+                    }
+                };
+                let chunks = row.chunks(LANES).zip(rows[f..].iter_mut().step_by(n));
+                let per_lane = other
+                    .iter_mut()
+                    .zip(sums.iter_mut())
+                    .zip(squares.iter_mut());
+                for ((chunk, keys), ((other, sums), squares)) in chunks.zip(per_lane) {
+                    // Lanes past the end of the row read 0.
+                    let x: [f32; LANES] = chunk.try_into().unwrap_or_else(|_| {
+                        let mut x = [0.0; LANES];
+                        x[..chunk.len()].copy_from_slice(chunk);
+                        x
+                    });
+                    for l in 0..LANES {
+                        // An integer in 0..=65535 is unchanged by clamping to that range, and
+                        // 2²³ + it is exact, with the integer in the low mantissa bits (NaN
+                        // stays NaN, which differs from itself).
+                        let clamped = x[l].clamp(0.0, 65535.0);
+                        let shifted = clamped + 8_388_608.0;
+                        let exact = shifted - 8_388_608.0 == x[l];
+                        other[l] |= u8::from(!exact);
+                        let v = shifted.to_bits() & 0xffff;
+                        keys[l] = (v as u16 ^ 0x8000) as i16;
+                        sums[l] += v;
+                        squares[l] += u64::from(v * v);
+                    }
+                }
+            }
+            let blocks = out.chunks_mut(LANES).zip(rows.chunks_exact_mut(n));
+            for (b, (out_block, block_rows)) in blocks.enumerate() {
+                network.sort(block_rows);
+                for (l, o) in out_block.iter_mut().enumerate() {
+                    let (value, r) = if other[b][l] == 0 {
+                        let sorted = Sorted {
+                            rows: block_rows,
+                            lane: l,
+                        };
+                        let all = Kept {
+                            lo: 0,
+                            hi: n,
+                            sum: i64::from(sums[b][l]),
+                            squares: squares[b][l] as i64,
+                        };
+                        reduce_lane(method, &sorted, all)
+                    } else {
+                        block.clear();
+                        block.extend(frame_rows.column(x0 + b * LANES + l).iter());
+                        reduce_samples(method, block, None, pixel)
+                    };
+                    *o = value;
+                    rejected += u64::from(r);
+                }
+            }
+        }
+        rejected
+    }
+
+    /// One lane (pixel) of the sorted rows.
+    struct Sorted<'a> {
+        rows: &'a [Row],
+        lane: usize,
+    }
+
+    impl Sorted<'_> {
+        #[inline(always)]
+        fn get(&self, k: usize) -> i64 {
+            i64::from(self.rows[k][self.lane] as u16 ^ 0x8000)
+        }
+    }
+
+    /// The kept samples of a pixel: sorted samples `lo..hi`, their sum and sum of squares.
+    #[derive(Clone, Copy)]
+    struct Kept {
+        lo: usize,
+        hi: usize,
+        sum: i64,
+        squares: i64,
+    }
+
+    impl Kept {
+        fn count(&self) -> usize {
+            self.hi - self.lo
+        }
+
+        /// Twice the median (an integer). Not empty.
+        fn twice_median(&self, sorted: &Sorted) -> i64 {
+            let n = self.count();
+            sorted.get(self.lo + (n - 1) / 2) + sorted.get(self.lo + n / 2)
+        }
+
+        /// The sums of the deviations from `c2 / 2` and of their squares: the exact values
+        /// that [`super::std_around`] computes from integer samples.
+        fn deviations(&self, c2: i64) -> (f64, f64) {
+            let n = self.count() as i64;
+            let twice = 2 * self.sum - n * c2;
+            let four_times = 4 * self.squares - 4 * c2 * self.sum + n * c2 * c2;
+            (twice as f64 / 2.0, four_times as f64 / 4.0)
+        }
+
+        /// The samples within `[low, high]` (NaN bounds reject nothing, as [`super::KeyRange`]).
+        fn within(mut self, sorted: &Sorted, low: f64, high: f64) -> Self {
+            while self.lo < self.hi && (sorted.get(self.lo) as f64) < low {
+                let x = sorted.get(self.lo);
+                self.sum -= x;
+                self.squares -= x * x;
+                self.lo += 1;
+            }
+            while self.hi > self.lo && (sorted.get(self.hi - 1) as f64) > high {
+                let x = sorted.get(self.hi - 1);
+                self.sum -= x;
+                self.squares -= x * x;
+                self.hi -= 1;
+            }
+            self
+        }
+
+        /// The mean (NaN when empty), as [`super::weighted_mean`] with equal weights.
+        fn mean(&self) -> f32 {
+            match self.count() {
+                0 => f32::NAN,
+                n => (self.sum as f64 / n as f64) as f32,
+            }
+        }
+    }
+
+    /// [`super::reduce_samples`] of one pixel's sorted samples (all of them finite).
+    fn reduce_lane(method: &Method, sorted: &Sorted, all: Kept) -> (f32, u32) {
+        let n = all.count();
+        let kept = match *method {
+            Method::Median => return ((all.twice_median(sorted) as f64 / 2.0) as f32, 0),
+            Method::SigmaClip {
+                low,
+                high,
+                iterations,
+            } => clip(sorted, all, iterations, 1, |kept, c2| {
+                let (sum, squares) = kept.deviations(c2);
+                let s = std_from_sums(sum, squares, kept.count(), 0);
+                around(c2 as f64 / 2.0, s, low, high)
+            }),
+            Method::Winsorized {
+                low,
+                high,
+                iterations,
+            } => clip(sorted, all, iterations, 3, |kept, c2| {
+                let s = winsorized_sigma(sorted, kept, c2);
+                around(c2 as f64 / 2.0, s, low, high)
+            }),
+            _ => unreachable!("not an integer-path method"),
+        };
+        (kept.mean(), (n - kept.count()) as u32)
+    }
+
+    /// [`super::clip`] on sorted samples: with `min_count` 1 a pass may reject everything
+    /// (astropy), with 3 the passes need 3 samples and one that would reject everything is
+    /// discarded (Siril).
+    fn clip(
+        sorted: &Sorted,
+        all: Kept,
+        iterations: u32,
+        min_count: usize,
+        mut bounds: impl FnMut(&Kept, i64) -> (f64, f64),
+    ) -> Kept {
+        let mut kept = all;
+        for _ in 0..iterations {
+            if kept.count() < min_count {
+                break;
+            }
+            let (low, high) = bounds(&kept, kept.twice_median(sorted));
+            let next = kept.within(sorted, low, high);
+            if next.count() == kept.count() || (next.count() == 0 && min_count > 1) {
+                break;
+            }
+            kept = next;
+        }
+        kept
+    }
+
+    /// [`super::winsorized_sigma`] of the kept samples around their median `c2 / 2`.
+    fn winsorized_sigma(sorted: &Sorted, kept: &Kept, c2: i64) -> f64 {
+        const MAX_STEPS: usize = 1000;
+        let n = kept.count();
+        let c = c2 as f64 / 2.0;
+        let (sum, squares) = kept.deviations(c2);
+        let mut s = std_from_sums(sum, squares, n, 1);
+        // The samples strictly inside the clamp interval [low, high] (the intersection of
+        // the step intervals so far); those below are clamped to low, those above to high.
+        let mut inside = *kept;
+        let (mut low, mut high) = (f64::NEG_INFINITY, f64::INFINITY);
+        for _ in 0..MAX_STEPS {
+            let s0 = s;
+            low = low.max(c - 1.5 * s0);
+            high = high.min(c + 1.5 * s0);
+            inside = inside.within(sorted, low, high);
+            let below = (inside.lo - kept.lo) as f64;
+            let above = (kept.hi - inside.hi) as f64;
+            let (d_low, d_high) = (low - c, high - c);
+            let (sum, squares) = inside.deviations(c2);
+            let sum = below * d_low + sum + above * d_high;
+            let squares = below * (d_low * d_low) + squares + above * (d_high * d_high);
+            s = 1.134 * std_from_sums(sum, squares, n, 1);
+            if (s - s0).abs() <= 5e-4 * s0 {
+                break;
+            }
+        }
+        s
+    }
 }
 
 #[cfg(test)]
@@ -1010,6 +1442,119 @@ mod tests {
         assert_eq!(rejected, expected_rejected);
         // Every outlier is rejected, except pixel (0, 0)'s, which frame 0's NaN border replaced.
         assert_eq!(rejected, (rows * width - 1) as u64);
+    }
+
+    #[test]
+    fn sorting_network_sorts_every_lane() {
+        use lanes::{LANES, Row, SortingNetwork};
+        let mut state = 1u32;
+        let mut next = move || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 16) as i16
+        };
+        for n in (1..=70).chain([99, 100, 128, 129, 257]) {
+            let network = SortingNetwork::new(n);
+            // Few distinct values in some lanes (ties), the full range in others.
+            let mut rows: Vec<Row> = (0..n)
+                .map(|_| std::array::from_fn(|l| if l % 2 == 0 { next() % 4 } else { next() }))
+                .collect();
+            let mut expected: Vec<Vec<i16>> = (0..LANES)
+                .map(|l| {
+                    let mut lane: Vec<i16> = rows.iter().map(|r| r[l]).collect();
+                    lane.sort_unstable();
+                    lane
+                })
+                .collect();
+            network.sort_rows(&mut rows);
+            for (l, lane) in expected.iter_mut().enumerate() {
+                let got: Vec<i16> = rows.iter().map(|r| r[l]).collect();
+                assert_eq!(&got, lane, "n = {n}, lane {l}");
+            }
+        }
+    }
+
+    /// uint16-like frames: noise around a level, hot and cold outliers, saturated and zero
+    /// samples, and in some pixels a sample that is not a 16-bit integer (NaN, a fraction, a
+    /// negative or too large value) so that the integer path falls back for them.
+    fn integer_band(n: usize, rows: usize, width: usize, seed: u32) -> Array3<f32> {
+        let mut state = seed;
+        let mut next = move || {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            state >> 8
+        };
+        let mut frames = Array3::from_shape_fn((n, rows, width), |(_, r, x)| {
+            let level = 500 + 40 * ((r + x) % 7) as u32;
+            let u = next();
+            let noise = (u % 61) as f32 - 30.0;
+            match u % 1000 {
+                0..=14 => (level + 2000 + u % 9000) as f32,
+                15..=22 => (level / 2 - u % 200) as f32,
+                23 => 65535.0,
+                24 => 0.0,
+                _ => level as f32 + noise,
+            }
+        });
+        let odd = [f32::NAN, 3.5, -2.0, 70000.0, f32::INFINITY, -0.0];
+        for (k, &v) in odd.iter().enumerate() {
+            let (f, r, x) = (k % n, k % rows, (397 * k + 3) % width);
+            frames[(f, r, x)] = v;
+        }
+        frames
+    }
+
+    #[test]
+    fn integer_path_matches_reduce_per_pixel() {
+        let methods = [
+            Method::Median,
+            sigma(3.0, 3.0, 5),
+            sigma(1.5, 2.5, 3),
+            sigma(0.1, 0.1, 5),
+            Method::Winsorized {
+                low: 3.0,
+                high: 3.0,
+                iterations: 5,
+            },
+            Method::Winsorized {
+                low: 1.0,
+                high: 2.0,
+                iterations: 10,
+            },
+        ];
+        for (n, width) in [
+            (1, 7),
+            (2, 33),
+            (3, 40),
+            (5, 70),
+            (12, 64),
+            (41, 37),
+            (100, 45),
+        ] {
+            let rows = 3;
+            let frames = integer_band(n, rows, width, n as u32);
+            for method in methods {
+                let mut out = Array2::zeros((rows, width));
+                let rejected = stack_band(&method, frames.view(), None, out.view_mut());
+                let mut expected_rejected = 0;
+                for r in 0..rows {
+                    for x in 0..width {
+                        let mut column: Vec<f32> = frames.slice(s![.., r, x]).to_vec();
+                        let (value, rej) = reduce(&method, &mut column, None);
+                        let got = out[(r, x)];
+                        let label = format!("{method:?} n = {n} pixel ({r}, {x})");
+                        if let Method::Winsorized { .. } = method {
+                            // σ is summed in another order: equal to the last bits.
+                            let close = (got - value).abs() <= 1e-6 * value.abs();
+                            let both_nan = got.is_nan() && value.is_nan();
+                            assert!(close || both_nan, "{label}: {got} {value}");
+                        } else {
+                            assert_eq!(got.to_bits(), value.to_bits(), "{label}: {got} {value}");
+                        }
+                        expected_rejected += u64::from(rej);
+                    }
+                }
+                assert_eq!(rejected, expected_rejected, "{method:?} n = {n}");
+            }
+        }
     }
 
     #[test]
