@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array2, Array3, ArrayView2, Axis, s};
+use ndarray::{Array2, Array3, Axis, s};
 use rayon::prelude::*;
 use serde_json::{Value, json};
 
@@ -22,7 +22,7 @@ use crate::science::cfa::DebayerMethod;
 use crate::science::normalize::Coefficients;
 use crate::science::stack::Method;
 use crate::science::stars::{self, DetectParams, Star};
-use crate::science::warp::{Interpolation, Transform, sample};
+use crate::science::warp::{Interpolation, Transform, sample_planes};
 
 /// Rows read above and below what a band maps onto: the debayer's and Lanczos' reach.
 const MARGIN: usize = 6;
@@ -278,17 +278,7 @@ fn write_registered(
         let sources = band_sources(&frame, 0, frame.info.height())?;
         let inverse =
             invert(&t).ok_or_else(|| PipelineError::Invalid("singular transform".into()))?;
-        let mut out = Array3::<f32>::zeros((sources.dim().0, h, w));
-        for (c, mut plane) in out.axis_iter_mut(Axis(0)).enumerate() {
-            resample_rows(
-                sources.index_axis(Axis(0), c),
-                0,
-                &inverse,
-                interpolation,
-                0,
-                plane.view_mut(),
-            );
-        }
+        let out = resample_rows(sources.view(), 0, &inverse, interpolation, 0, (h, w));
         let mut header = jobs::output_header(&frame.info.header, false);
         header.push_history(&format!(
             "register: {} onto {}, {} ({} stars matched, rms {:.3} px)",
@@ -330,31 +320,40 @@ fn band_sources(frame: &Frame, row0: usize, row1: usize) -> Result<Array3<f32>> 
     }
 }
 
-/// Resamples output rows `out_row0 ..` (reference geometry) from `src`, which holds the
-/// frame's rows from `src_row0`. `inverse` maps reference → frame.
+/// Resamples output rows `out_row0 ..` (reference geometry) of every plane from `src`, which
+/// holds the frame's rows from `src_row0`. `inverse` maps reference → frame. Returns
+/// `(planes, rows, width)`.
 fn resample_rows(
-    src: ArrayView2<f32>,
+    src: ndarray::ArrayView3<f32>,
     src_row0: usize,
     inverse: &Transform,
     interpolation: Interpolation,
     out_row0: usize,
-    mut out: ndarray::ArrayViewMut2<f32>,
-) {
+    (rows, width): (usize, usize),
+) -> Array3<f32> {
     let shift: Transform = [
         [1.0, 0.0, 0.0],
         [0.0, 1.0, -(src_row0 as f64)],
         [0.0, 0.0, 1.0],
     ];
     let m = matmul(&shift, inverse);
-    out.axis_iter_mut(Axis(0))
-        .into_par_iter()
+    let planes = src.dim().0;
+    // Interleaved while sampling (one position and one set of weights per pixel), then planar.
+    let mut interleaved = vec![0f32; rows * width * planes];
+    interleaved
+        .par_chunks_mut(width * planes)
         .enumerate()
-        .for_each(|(r, mut row)| {
+        .for_each(|(r, row)| {
             let y = (out_row0 + r) as f64;
-            for (x, v) in row.iter_mut().enumerate() {
-                *v = sample(src, &m, interpolation, x as f64, y);
+            for (x, px) in row.chunks_mut(planes).enumerate() {
+                sample_planes(src, &m, interpolation, x as f64, y, px);
             }
         });
+    Array3::from_shape_vec((rows, width, planes), interleaved)
+        .expect("sized above")
+        .permuted_axes([2, 0, 1])
+        .as_standard_layout()
+        .into_owned()
 }
 
 /// The frame rows `[first, last)` that output rows `[y0, y1)` of width `w` map onto.
@@ -418,15 +417,16 @@ pub fn stack_registered(
                 continue;
             }
             let sources = band_sources(frame, s0, s1)?;
-            for c in 0..planes {
-                resample_rows(
-                    sources.index_axis(Axis(0), c),
-                    s0,
-                    inverse,
-                    report.interpolation,
-                    y0,
-                    band.index_axis_mut(Axis(0), c * n + i),
-                );
+            let warped = resample_rows(
+                sources.view(),
+                s0,
+                inverse,
+                report.interpolation,
+                y0,
+                (y1 - y0, w),
+            );
+            for (c, plane) in warped.axis_iter(Axis(0)).enumerate() {
+                band.index_axis_mut(Axis(0), c * n + i).assign(&plane);
             }
         }
         for c in 0..planes {

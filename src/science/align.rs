@@ -63,6 +63,8 @@ const TRIANGLE_STARS: usize = 40;
 const NEIGHBOURS: usize = 5;
 /// Distance in invariant space under which two triangles are candidates.
 const INVARIANT_TOLERANCE: f64 = 0.01;
+/// How many of the brightest stars vote for a candidate transform.
+const VOTING_STARS: usize = 60;
 /// Fewest inlier pairs that make a match.
 pub const MIN_MATCHES: usize = 6;
 
@@ -157,7 +159,7 @@ pub fn align(frame: &[Star], reference: &[Star], model: Model) -> Option<Alignme
         }
     }
     candidates.sort_by(|a, b| a.0.total_cmp(&b.0));
-    let mut best: Option<(Vec<(usize, usize)>, Transform)> = None;
+    let mut best: Option<(usize, Transform)> = None;
     for &(_, i, j) in candidates.iter().take(300) {
         let pairs: Vec<(usize, usize)> = (0..3)
             .map(|k| (ft[i].vertices[k], rt[j].vertices[k]))
@@ -170,12 +172,23 @@ pub fn align(frame: &[Star], reference: &[Star], model: Model) -> Option<Alignme
         if !(0.8..1.25).contains(&scale) {
             continue;
         }
-        let inliers = pair_up(frame, reference, &t, 3.0);
-        if best.as_ref().is_none_or(|b| inliers.len() > b.0.len()) {
-            best = Some((inliers, t));
+        // Votes are counted on the brightest stars only; the refinement below uses all.
+        let votes = pair_up(
+            &frame[..frame.len().min(VOTING_STARS)],
+            &reference[..reference.len().min(VOTING_STARS)],
+            &t,
+            3.0,
+        )
+        .len();
+        if best.as_ref().is_none_or(|b| votes > b.0) {
+            best = Some((votes, t));
         }
     }
-    let mut pairs = best?.0;
+    let (votes, t) = best?;
+    if votes < MIN_MATCHES.min(frame.len().min(VOTING_STARS)) {
+        return None;
+    }
+    let mut pairs = pair_up(frame, reference, &t, 3.0);
     if pairs.len() < MIN_MATCHES {
         return None;
     }
@@ -213,8 +226,9 @@ fn pair_up(
     tolerance: f64,
 ) -> Vec<(usize, usize)> {
     let mapped: Vec<(f64, f64)> = frame.iter().map(|s| apply(t, s.x, s.y)).collect();
+    // Squared distances: no square roots in the O(N²) search.
     let nearest = |p: (f64, f64), set: &mut dyn Iterator<Item = (usize, (f64, f64))>| {
-        set.map(|(i, q)| ((p.0 - q.0).hypot(p.1 - q.1), i))
+        set.map(|(i, q)| ((p.0 - q.0).powi(2) + (p.1 - q.1).powi(2), i))
             .min_by(|a, b| a.0.total_cmp(&b.0))
     };
     let refs: Vec<(f64, f64)> = reference.iter().map(|s| (s.x, s.y)).collect();
@@ -223,7 +237,7 @@ fn pair_up(
         let Some((d, r)) = nearest(p, &mut refs.iter().copied().enumerate()) else {
             continue;
         };
-        if d > tolerance {
+        if d > tolerance * tolerance {
             continue;
         }
         let back = nearest(refs[r], &mut mapped.iter().copied().enumerate());

@@ -236,10 +236,10 @@ pub fn detect(img: ArrayView2<f32>, p: &DetectParams) -> Vec<Star> {
     let mut kept: Vec<Star> = Vec::with_capacity(stars.len().min(p.max_stars));
     for s in stars {
         let min_sep = 0.75 * s.fwhm.max(2.0);
-        if kept
-            .iter()
-            .all(|k| (k.x - s.x).hypot(k.y - s.y) > min_sep.max(0.75 * k.fwhm))
-        {
+        if kept.iter().all(|k| {
+            let sep = min_sep.max(0.75 * k.fwhm);
+            (k.x - s.x).powi(2) + (k.y - s.y).powi(2) > sep * sep
+        }) {
             kept.push(s);
             if kept.len() == p.max_stars {
                 break;

@@ -90,6 +90,61 @@ pub fn sample(
     }
 }
 
+/// [`sample`] for every plane of `src` (`(planes, H, W)`) at one output pixel, with the
+/// source position and the Lanczos weights computed once for all planes.
+pub fn sample_planes(
+    src: ndarray::ArrayView3<f32>,
+    m: &Transform,
+    interpolation: Interpolation,
+    x: f64,
+    y: f64,
+    out: &mut [f32],
+) {
+    if interpolation != Interpolation::Lanczos3 {
+        for (c, o) in out.iter_mut().enumerate() {
+            *o = sample(src.index_axis(Axis(0), c), m, interpolation, x, y);
+        }
+        return;
+    }
+    let w = m[2][0] * x + m[2][1] * y + m[2][2];
+    let sx = (m[0][0] * x + m[0][1] * y + m[0][2]) / w;
+    let sy = (m[1][0] * x + m[1][1] * y + m[1][2]) / w;
+    let (_, h, wd) = src.dim();
+    if !(sx >= 0.0 && sy >= 0.0 && sx <= (wd - 1) as f64 && sy <= (h - 1) as f64) {
+        out.fill(f32::NAN);
+        return;
+    }
+    let (x0, y0) = (sx.floor() as i64, sy.floor() as i64);
+    let (wx, wy) = (lanczos3_taps(sx - x0 as f64), lanczos3_taps(sy - y0 as f64));
+    let norm: f64 = wx.iter().sum::<f64>() * wy.iter().sum::<f64>();
+    for (c, o) in out.iter_mut().enumerate() {
+        let plane = src.index_axis(Axis(0), c);
+        let mut acc = 0.0;
+        for (j, wyj) in wy.iter().enumerate() {
+            let yy = y0 - 2 + j as i64;
+            let row: f64 = wx
+                .iter()
+                .enumerate()
+                .map(|(i, wxi)| wxi * at(plane, x0 - 2 + i as i64, yy))
+                .sum();
+            acc += wyj * row;
+        }
+        let mut v = acc / norm;
+        if v.is_finite() {
+            let n = [
+                at(plane, x0, y0),
+                at(plane, x0 + 1, y0),
+                at(plane, x0, y0 + 1),
+                at(plane, x0 + 1, y0 + 1),
+            ];
+            let lo = n.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = n.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            v = v.clamp(lo, hi);
+        }
+        *o = v as f32;
+    }
+}
+
 /// The source pixel at (x, y) with coordinates clamped to the image.
 fn at(src: ArrayView2<f32>, x: i64, y: i64) -> f64 {
     let (h, w) = src.dim();
@@ -131,6 +186,41 @@ pub fn lanczos3(t: f64) -> f64 {
     3.0 * p.sin() * (p / 3.0).sin() / (p * p)
 }
 
+/// `(sin, cos)` of π·n/3 for n = 2, 1, 0, −1, −2, −3.
+const SIN_COS_THIRDS: [(f64, f64); 6] = {
+    const S: f64 = 0.866_025_403_784_438_6; // sin(π/3) = √3/2
+    [
+        (S, -0.5),
+        (S, 0.5),
+        (0.0, 1.0),
+        (-S, 0.5),
+        (-S, -0.5),
+        (0.0, -1.0),
+    ]
+};
+
+/// The six Lanczos-3 weights of taps at distances `f + 2, f + 1, f, f − 1, f − 2, f − 3`
+/// (`f` in [0, 1)), without a sine per tap: sin(π(f + n)) = (−1)ⁿ sin(πf), and
+/// sin(π(f + n)/3) by the angle-addition formula.
+pub fn lanczos3_taps(f: f64) -> [f64; 6] {
+    use std::f64::consts::PI;
+    let (s1, a) = ((PI * f).sin(), PI * f / 3.0);
+    let (sa, ca) = a.sin_cos();
+    let mut w = [0.0; 6];
+    for (i, wi) in w.iter_mut().enumerate() {
+        let n = 2 - i as i64;
+        let d = f + n as f64;
+        if d == 0.0 {
+            *wi = 1.0;
+            continue;
+        }
+        let (sb, cb) = SIN_COS_THIRDS[i];
+        let sign = if n.rem_euclid(2) == 0 { 1.0 } else { -1.0 };
+        *wi = 3.0 * sign * s1 * (sa * cb + ca * sb) / (PI * PI * d * d);
+    }
+    w
+}
+
 /// A separable filter with `radius` taps on each side; optionally clamped to the 2×2
 /// neighbourhood's range.
 fn separable(
@@ -145,11 +235,17 @@ fn separable(
     let mut wx = [0.0f64; 6];
     let mut wy = [0.0f64; 6];
     let taps = (2 * radius) as usize;
-    for i in 0..taps {
-        let dx = (x0 - radius + 1 + i as i64) as f64;
-        let dy = (y0 - radius + 1 + i as i64) as f64;
-        wx[i] = kernel(sx - dx);
-        wy[i] = kernel(sy - dy);
+    if radius == 3 {
+        // Lanczos-3: all six weights from one sine and cosine per axis.
+        wx = lanczos3_taps(sx - x0 as f64);
+        wy = lanczos3_taps(sy - y0 as f64);
+    } else {
+        for i in 0..taps {
+            let dx = (x0 - radius + 1 + i as i64) as f64;
+            let dy = (y0 - radius + 1 + i as i64) as f64;
+            wx[i] = kernel(sx - dx);
+            wy[i] = kernel(sy - dy);
+        }
     }
     let (sum_x, sum_y): (f64, f64) = (wx[..taps].iter().sum(), wy[..taps].iter().sum());
     let mut acc = 0.0;
@@ -193,6 +289,52 @@ pub fn similarity(dx: f64, dy: f64, angle: f64, scale: f64, centre: (f64, f64)) 
 mod tests {
     use super::*;
     use ndarray::Array2;
+
+    #[test]
+    fn planes_sample_like_single_planes() {
+        let src = ndarray::Array3::from_shape_fn((3, 20, 30), |(c, y, x)| {
+            ((x * 7 + y * 13 + c * 5) % 17) as f32 + if x == 9 && y == 9 { 50.0 } else { 0.0 }
+        });
+        let m = similarity(1.3, -0.7, 0.05, 1.01, (15.0, 10.0));
+        for interp in [
+            Interpolation::Bilinear,
+            Interpolation::Bicubic,
+            Interpolation::Lanczos3,
+        ] {
+            for (x, y) in [
+                (3.2, 4.7),
+                (9.5, 9.1),
+                (0.0, 0.0),
+                (29.9, 19.9),
+                (15.0, 10.0),
+            ] {
+                let mut out = [0.0f32; 3];
+                sample_planes(src.view(), &m, interp, x, y, &mut out);
+                for (c, o) in out.iter().enumerate() {
+                    let one = sample(src.index_axis(Axis(0), c), &m, interp, x, y);
+                    assert!(
+                        o.to_bits() == one.to_bits() || (o - one).abs() < 1e-4,
+                        "{interp:?} {x},{y} c{c}: {o} vs {one}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn fast_lanczos_taps_equal_the_kernel() {
+        for f in [0.0, 0.1, 0.25, 0.5, 0.77, 0.999] {
+            let fast = lanczos3_taps(f);
+            for (i, w) in fast.iter().enumerate() {
+                let d = f + 2.0 - i as f64;
+                assert!(
+                    (w - lanczos3(d)).abs() < 1e-12,
+                    "f {f} tap {i}: {w} vs {}",
+                    lanczos3(d)
+                );
+            }
+        }
+    }
 
     fn ramp(h: usize, w: usize) -> Array2<f32> {
         Array2::from_shape_fn((h, w), |(y, x)| (3 * x + 7 * y) as f32)
