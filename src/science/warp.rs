@@ -117,17 +117,35 @@ pub fn sample_planes(
     let (x0, y0) = (sx.floor() as i64, sy.floor() as i64);
     let (wx, wy) = (lanczos3_taps(sx - x0 as f64), lanczos3_taps(sy - y0 as f64));
     let norm: f64 = wx.iter().sum::<f64>() * wy.iter().sum::<f64>();
+    let inside = x0 >= 2 && y0 >= 2 && x0 + 3 < wd as i64 && y0 + 3 < h as i64;
     for (c, o) in out.iter_mut().enumerate() {
         let plane = src.index_axis(Axis(0), c);
         let mut acc = 0.0;
-        for (j, wyj) in wy.iter().enumerate() {
-            let yy = y0 - 2 + j as i64;
-            let row: f64 = wx
-                .iter()
-                .enumerate()
-                .map(|(i, wxi)| wxi * at(plane, x0 - 2 + i as i64, yy))
-                .sum();
-            acc += wyj * row;
+        match (inside, plane.as_slice()) {
+            // The whole 6×6 window in the image: straight rows of a contiguous plane.
+            (true, Some(data)) => {
+                let (xs, ys) = ((x0 - 2) as usize, (y0 - 2) as usize);
+                for (j, wyj) in wy.iter().enumerate() {
+                    let row = &data[(ys + j) * wd + xs..][..6];
+                    let r: f64 = row
+                        .iter()
+                        .zip(&wx)
+                        .map(|(v, wxi)| wxi * f64::from(*v))
+                        .sum();
+                    acc += wyj * r;
+                }
+            }
+            _ => {
+                for (j, wyj) in wy.iter().enumerate() {
+                    let yy = y0 - 2 + j as i64;
+                    let row: f64 = wx
+                        .iter()
+                        .enumerate()
+                        .map(|(i, wxi)| wxi * at(plane, x0 - 2 + i as i64, yy))
+                        .sum();
+                    acc += wyj * row;
+                }
+            }
         }
         let mut v = acc / norm;
         if v.is_finite() {
