@@ -129,7 +129,9 @@ def test_stack_reports_progress(fits_worker, app, data):
 def test_errors_fail_cleanly(fits_worker, app, data, call, exc_name, text):
     name, args, *kwargs = call
     args = [a.replace("{root}", str(data)) for a in args]
-    r = app.send_task(name, args=args, kwargs=kwargs[0] if kwargs else {})
+    kwargs = {k: v.replace("{root}", str(data)) if isinstance(v, str) else v
+              for k, v in (kwargs[0] if kwargs else {}).items()}
+    r = app.send_task(name, args=args, kwargs=kwargs)
     with pytest.raises(Exception) as info:
         r.get(timeout=30)
     assert type(info.value).__name__ == exc_name
