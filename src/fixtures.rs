@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use ndarray::{Array2, Array3, Axis};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rand_distr::StandardNormal;
+use rand_distr::{Distribution, Normal, StandardNormal};
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -208,16 +208,48 @@ fn normalize_per_color(flat: &mut Array2<f32>) {
     }
 }
 
+/// Fraction of a 1-D Gaussian of width `sigma` centred at `c` falling in [i − 0.5, i + 0.5].
+fn pixel_fraction(i: i64, c: f64, sigma: f64) -> f64 {
+    let s = sigma * std::f64::consts::SQRT_2;
+    0.5 * (erf((i as f64 + 0.5 - c) / s) - erf((i as f64 - 0.5 - c) / s))
+}
+
+/// A mono frame of Gaussian stars `(x, y, flux)` of the given FWHM, integrated over pixel
+/// areas, on a flat background with Gaussian noise (σ = `noise`, none when 0): frames with
+/// known star positions for the registration tests.
+pub fn mono_star_frame(
+    (h, w): (usize, usize),
+    stars: &[(f64, f64, f64)],
+    fwhm: f64,
+    background: f64,
+    noise: f64,
+    seed: u64,
+) -> Array2<f32> {
+    let sigma = fwhm / (2.0 * (2.0 * std::f64::consts::LN_2).sqrt());
+    let radius = (5.0 * sigma).ceil() as i64;
+    let mut img = Array2::<f64>::from_elem((h, w), background);
+    for &(cx, cy, flux) in stars {
+        let (sx, sy) = (cx.round() as i64, cy.round() as i64);
+        for y in (sy - radius).max(0)..=(sy + radius).min(h as i64 - 1) {
+            let fy = pixel_fraction(y, cy, sigma);
+            for x in (sx - radius).max(0)..=(sx + radius).min(w as i64 - 1) {
+                img[(y as usize, x as usize)] += flux * fy * pixel_fraction(x, cx, sigma);
+            }
+        }
+    }
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    match Normal::new(0.0, noise) {
+        Ok(n) if noise > 0.0 => img.mapv(|v| (v + n.sample(&mut rng)) as f32),
+        _ => img.mapv(|v| v as f32),
+    }
+}
+
 /// Adds each star, integrated over pixel areas, to the colour its CFA pixel sees.
 fn render_stars(truth: &mut Array2<f32>, stars: &[Star]) {
     let sigma = STAR_FWHM / (2.0 * (2.0 * std::f64::consts::LN_2).sqrt());
     let (h, w) = truth.dim();
     let radius = (5.0 * sigma).ceil() as i64;
-    // Fraction of a 1-D Gaussian centred at c falling in [i − 0.5, i + 0.5].
-    let frac = |i: i64, c: f64| {
-        let s = sigma * std::f64::consts::SQRT_2;
-        0.5 * (erf((i as f64 + 0.5 - c) / s) - erf((i as f64 - 0.5 - c) / s))
-    };
+    let frac = |i: i64, c: f64| pixel_fraction(i, c, sigma);
     for star in stars {
         let (sx, sy) = (star.x.round() as i64, star.y.round() as i64);
         for y in (sy - radius).max(0)..=(sy + radius).min(h as i64 - 1) {

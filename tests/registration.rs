@@ -7,63 +7,29 @@ use std::path::PathBuf;
 
 use astroworker::compute::Devices;
 use astroworker::fits::{Header, OutputType, write_image};
+use astroworker::fixtures::mono_star_frame;
 use astroworker::pipeline::NoProgress;
 use astroworker::pipeline::register::{self, RegisterParams};
 use astroworker::pipeline::stack::{DebayerChoice, StackParams, Weights};
-use astroworker::science::align::{Model, apply, invert};
+use astroworker::science::align::{Model, apply, distance, invert};
 use astroworker::science::normalize::Normalization;
 use astroworker::science::stack::Method;
 use astroworker::science::stars::{self, DetectParams};
 use astroworker::science::warp::{Interpolation, Transform, similarity};
-use ndarray::{Array2, Axis};
+use ndarray::Axis;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rand_distr::{Distribution, Normal};
 
 const H: usize = 320;
 const W: usize = 480;
 const FWHM: f64 = 3.0;
 
-/// Gaussian stars integrated over each pixel (5×5 samples), on a flat background.
-fn render(stars: &[(f64, f64, f64)], noise: f64, seed: u64) -> Array2<f32> {
-    let sigma = FWHM / 2.354_82;
-    let mut img = Array2::<f64>::from_elem((H, W), 300.0);
-    let r = (4.0 * sigma).ceil() as i64;
-    for &(sx, sy, flux) in stars {
-        let amp = flux / (2.0 * std::f64::consts::PI * sigma * sigma);
-        for y in (sy as i64 - r).max(0)..=(sy as i64 + r).min(H as i64 - 1) {
-            for x in (sx as i64 - r).max(0)..=(sx as i64 + r).min(W as i64 - 1) {
-                let mut acc = 0.0;
-                for j in 0..5 {
-                    for i in 0..5 {
-                        let (px, py) = (
-                            x as f64 - 0.4 + 0.2 * i as f64,
-                            y as f64 - 0.4 + 0.2 * j as f64,
-                        );
-                        acc += (-((px - sx).powi(2) + (py - sy).powi(2)) / (2.0 * sigma * sigma))
-                            .exp();
-                    }
-                }
-                img[(y as usize, x as usize)] += amp * acc / 25.0;
-            }
-        }
-    }
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let n = Normal::new(0.0, noise.max(1e-9)).unwrap();
-    img.mapv(|v| (v + if noise > 0.0 { n.sample(&mut rng) } else { 0.0 }) as f32)
+fn render(stars: &[(f64, f64, f64)], noise: f64, seed: u64) -> ndarray::Array2<f32> {
+    mono_star_frame((H, W), stars, FWHM, 300.0, noise, seed)
 }
 
 fn grid_rms(a: &Transform, b: &Transform) -> f64 {
-    let mut sq = 0.0;
-    let mut n = 0.0;
-    for y in (0..H).step_by(16) {
-        for x in (0..W).step_by(16) {
-            let (pa, pb) = (apply(a, x as f64, y as f64), apply(b, x as f64, y as f64));
-            sq += (pa.0 - pb.0).powi(2) + (pa.1 - pb.1).powi(2);
-            n += 1.0;
-        }
-    }
-    (sq / n).sqrt()
+    distance(a, b, (H, W), 16)
 }
 
 #[test]

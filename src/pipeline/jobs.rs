@@ -215,6 +215,25 @@ pub fn output_header(first: &Header, cfa: bool) -> Header {
     h
 }
 
+/// The cards every stack carries: EXPTIME and LIVETIME as the exposure total (when known) and
+/// STACKCNT.
+pub fn set_stack_totals(h: &mut Header, exposure: f64, frames: usize) {
+    if exposure > 0.0 {
+        for key in ["EXPTIME", "LIVETIME"] {
+            h.set(
+                key,
+                CardValue::Float(exposure),
+                Some("[s] total exposure of the stacked frames"),
+            );
+        }
+    }
+    h.set(
+        "STACKCNT",
+        CardValue::Int(frames as i64),
+        Some("frames stacked"),
+    );
+}
+
 /// Writes one plane or cube, creating the directory.
 pub fn write_output(
     path: &Path,

@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::frames::{Frame, bayer_pattern};
 use super::{PipelineError, Progress, Result, jobs};
 use crate::compute::{BandJob, ChannelMap, Compute};
-use crate::fits::{CardValue, OutputType};
+use crate::fits::OutputType;
 use crate::science::align::{self, Model, apply, invert, matmul};
 use crate::science::cfa::DebayerMethod;
 use crate::science::normalize::Coefficients;
@@ -456,23 +456,7 @@ pub fn stack_header(report: &RegisterReport, method: Method) -> Result<crate::fi
     for (p, _) in &used {
         exposure += Frame::open(p)?.exposure().unwrap_or(0.0);
     }
-    if exposure > 0.0 {
-        header.set(
-            "EXPTIME",
-            CardValue::Float(exposure),
-            Some("total exposure of the stacked frames [s]"),
-        );
-        header.set(
-            "LIVETIME",
-            CardValue::Float(exposure),
-            Some("total exposure of the stacked frames [s]"),
-        );
-    }
-    header.set(
-        "STACKCNT",
-        CardValue::Int(used.len() as i64),
-        Some("frames stacked"),
-    );
+    jobs::set_stack_totals(&mut header, exposure, used.len());
     header.push_history(&format!(
         "register: {} transforms onto {}, {} resampling, {} frame(s) dropped",
         report.model.name(),

@@ -30,7 +30,7 @@ use super::frames::{FrameSet, MAX_U16_SUM_FRAMES, bayer_pattern};
 use super::jobs::{self, MasterFiles};
 use super::{PipelineError, Progress, Result};
 use crate::compute::{BandCalibration, BandJob, ChannelMap, Compute};
-use crate::fits::{CardValue, OutputType};
+use crate::fits::OutputType;
 use crate::science::calibrate;
 use crate::science::cfa::DebayerMethod;
 use crate::science::normalize::{self, Coefficients, Normalization};
@@ -594,23 +594,7 @@ fn stack_header(
 ) -> crate::fits::Header {
     let mut h = jobs::output_header(&frames.frames[0].info.header, cfa);
     let total: f64 = frames.frames.iter().filter_map(|f| f.exposure()).sum();
-    if total > 0.0 {
-        h.set(
-            "EXPTIME",
-            CardValue::Float(total),
-            Some("[s] total exposure of the stacked frames"),
-        );
-        h.set(
-            "LIVETIME",
-            CardValue::Float(total),
-            Some("[s] total exposure of the stacked frames"),
-        );
-    }
-    h.set(
-        "STACKCNT",
-        CardValue::Int(frames.len() as i64),
-        Some("frames stacked"),
-    );
+    jobs::set_stack_totals(&mut h, total, frames.len());
     for line in history {
         h.push_history(line);
     }

@@ -76,6 +76,20 @@ pub fn apply(t: &Transform, x: f64, y: f64) -> (f64, f64) {
     )
 }
 
+/// How far apart two transforms put the pixels of an `(h, w)` frame: the RMS distance of their
+/// images of a grid of points every `step` pixels.
+pub fn distance(a: &Transform, b: &Transform, (h, w): (usize, usize), step: usize) -> f64 {
+    let (mut sq, mut n) = (0.0, 0.0);
+    for y in (0..h).step_by(step.max(1)) {
+        for x in (0..w).step_by(step.max(1)) {
+            let (pa, pb) = (apply(a, x as f64, y as f64), apply(b, x as f64, y as f64));
+            sq += (pa.0 - pb.0).powi(2) + (pa.1 - pb.1).powi(2);
+            n += 1.0;
+        }
+    }
+    (sq / n).sqrt()
+}
+
 /// The inverse of a 3×3 matrix (None when singular).
 pub fn invert(m: &Transform) -> Option<Transform> {
     let det = m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
@@ -390,23 +404,14 @@ fn least_squares(rows: &[Vec<f64>], b: &[f64]) -> Option<Vec<f64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::science::stars::{DetectParams, detect, tests::render};
+    use crate::fixtures::mono_star_frame as render;
+    use crate::science::stars::{DetectParams, detect};
     use crate::science::warp::similarity;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
-    /// RMS over a grid of frame pixels of the distance between two transforms' images.
     fn grid_rms(a: &Transform, b: &Transform, (h, w): (usize, usize)) -> f64 {
-        let mut sq = 0.0;
-        let mut n = 0.0;
-        for y in (0..h).step_by(20) {
-            for x in (0..w).step_by(20) {
-                let (pa, pb) = (apply(a, x as f64, y as f64), apply(b, x as f64, y as f64));
-                sq += (pa.0 - pb.0).powi(2) + (pa.1 - pb.1).powi(2);
-                n += 1.0;
-            }
-        }
-        (sq / n).sqrt()
+        distance(a, b, (h, w), 20)
     }
 
     #[test]

@@ -436,45 +436,11 @@ pub fn median_fwhm(stars: &[Star]) -> f64 {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::fixtures::mono_star_frame;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
-    use rand_distr::{Distribution, Normal};
-
-    /// Renders Gaussian stars (pixel-integrated by 5×5 supersampling) on a background.
-    pub(crate) fn render(
-        (h, w): (usize, usize),
-        stars: &[(f64, f64, f64)],
-        fwhm: f64,
-        background: f64,
-        noise: f64,
-        seed: u64,
-    ) -> Array2<f32> {
-        let sigma = fwhm / 2.354_82;
-        let mut img = Array2::<f64>::from_elem((h, w), background);
-        let r = (4.0 * sigma).ceil() as i64;
-        for &(sx, sy, flux) in stars {
-            let amp = flux / (2.0 * std::f64::consts::PI * sigma * sigma);
-            for y in (sy as i64 - r).max(0)..=(sy as i64 + r).min(h as i64 - 1) {
-                for x in (sx as i64 - r).max(0)..=(sx as i64 + r).min(w as i64 - 1) {
-                    let mut acc = 0.0;
-                    for sy_ in 0..5 {
-                        for sx_ in 0..5 {
-                            let px = x as f64 - 0.4 + 0.2 * sx_ as f64;
-                            let py = y as f64 - 0.4 + 0.2 * sy_ as f64;
-                            let d2 = (px - sx).powi(2) + (py - sy).powi(2);
-                            acc += (-d2 / (2.0 * sigma * sigma)).exp();
-                        }
-                    }
-                    img[(y as usize, x as usize)] += amp * acc / 25.0;
-                }
-            }
-        }
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let n = Normal::new(0.0, noise).unwrap();
-        img.mapv(|v| (v + n.sample(&mut rng)) as f32)
-    }
 
     #[test]
     fn finds_stars_with_subpixel_positions() {
@@ -488,7 +454,7 @@ pub(crate) mod tests {
                 )
             })
             .collect();
-        let mut img = render((300, 400), &truth, 3.0, 100.0, 5.0, 1);
+        let mut img = mono_star_frame((300, 400), &truth, 3.0, 100.0, 5.0, 1);
         // Hot pixels must not be taken for stars.
         for (y, x) in [(50, 50), (150, 333), (222, 17)] {
             img[(y, x)] = 5000.0;
