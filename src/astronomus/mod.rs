@@ -502,7 +502,7 @@ fn process_file(env: &AstronomusEnv, _ctx: &TaskContext, a: Args) -> Result<Valu
             .join("outputs")
             .join(format!("{stem}.{ext}"));
         crate::pipeline::ensure_parent(&out).map_err(pipeline_error)?;
-        write_export(&out, &display, ext)?;
+        write_export(&out, &display)?;
         job.step("Copying final outputs", 80.0);
         let parent = input
             .parent()
@@ -548,9 +548,9 @@ fn export_format(params: &Value) -> (&'static str, u32) {
     }
 }
 
-/// Writes an export; 8-bit TIFFs go through the preview writer as well (`.tif` is 16-bit
-/// there, so an 8-bit TIFF export is written as 16-bit — the same picture).
-fn write_export(path: &Path, image: &Array3<f32>, _ext: &str) -> Result<(), TaskError> {
+/// Writes an export through the preview writer (JPEG/PNG 8-bit; `.tif` is always 16-bit there,
+/// so an 8-bit TIFF export is written as 16-bit — the same picture, quantised to 8 bits).
+fn write_export(path: &Path, image: &Array3<f32>) -> Result<(), TaskError> {
     write_preview(path, image.view())
         .map(|_| ())
         .map_err(|e| TaskError::exception(ExceptionInfo::builtin("OSError", e.to_string())))
