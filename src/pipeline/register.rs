@@ -375,15 +375,21 @@ fn source_rows(inverse: &Transform, y0: usize, y1: usize, w: usize, h: usize) ->
     if lo >= hi { (0, 0) } else { (lo, hi) }
 }
 
-/// Stacks the used frames of `report` onto the reference, band by band. Returns the
-/// `(planes, H, W)` stack and the number of rejected samples.
+/// A registered stack: the `(planes, H, W)` image, its header and the rejected samples.
+pub struct RegisteredStack {
+    pub image: Array3<f32>,
+    pub header: crate::fits::Header,
+    pub rejected: u64,
+}
+
+/// Stacks the used frames of `report` onto the reference, band by band.
 pub fn stack_registered(
     report: &RegisterReport,
     method: Method,
     compute: &dyn Compute,
     memory_budget: usize,
     progress: &dyn Progress,
-) -> Result<(Array3<f32>, u64)> {
+) -> Result<RegisteredStack> {
     let used = report.used();
     let frames: Vec<(Frame, Transform)> = used
         .iter()
@@ -443,20 +449,28 @@ pub fn stack_registered(
         }
         progress.report(b as u64 + 1, bands, "stacking registered frames");
     }
-    Ok((out, rejected))
+    Ok(RegisteredStack {
+        image: out,
+        header: stack_header(report, &frames, method),
+        rejected,
+    })
 }
 
-/// The header of a registered stack: the reference's carried cards, exposure totals and
-/// the registration in HISTORY.
-pub fn stack_header(report: &RegisterReport, method: Method) -> Result<crate::fits::Header> {
-    let reference = Frame::open(&report.reference)?;
-    let mut header = jobs::output_header(&reference.info.header, false);
-    let used = report.used();
-    let mut exposure = 0.0;
-    for (p, _) in &used {
-        exposure += Frame::open(p)?.exposure().unwrap_or(0.0);
-    }
-    jobs::set_stack_totals(&mut header, exposure, used.len());
+/// The header of a registered stack, from the frames already open: the reference's carried
+/// cards, exposure totals and the registration in HISTORY.
+fn stack_header(
+    report: &RegisterReport,
+    frames: &[(Frame, Transform)],
+    method: Method,
+) -> crate::fits::Header {
+    // The reference is never dropped, so it is among the stacked frames.
+    let reference = frames
+        .iter()
+        .find(|(f, _)| f.path() == report.reference)
+        .unwrap_or(&frames[0]);
+    let mut header = jobs::output_header(&reference.0.info.header, false);
+    let exposure: f64 = frames.iter().filter_map(|(f, _)| f.exposure()).sum();
+    jobs::set_stack_totals(&mut header, exposure, frames.len());
     header.push_history(&format!(
         "register: {} transforms onto {}, {} resampling, {} frame(s) dropped",
         report.model.name(),
@@ -465,7 +479,7 @@ pub fn stack_header(report: &RegisterReport, method: Method) -> Result<crate::fi
         report.dropped().len()
     ));
     header.push_history(&format!("stack: {}", method.name()));
-    Ok(header)
+    header
 }
 
 /// `stack(..., register=True)`: registers the frames, stacks them band by band onto the
@@ -487,14 +501,17 @@ pub fn registered_stack(
     }
     let started = std::time::Instant::now();
     let report = register(registration, progress)?;
-    let (image, rejected) = stack_registered(
+    let RegisteredStack {
+        image,
+        header,
+        rejected,
+    } = stack_registered(
         &report,
         params.method,
         compute,
         params.memory_budget,
         progress,
     )?;
-    let header = stack_header(&report, params.method)?;
     jobs::write_output(&params.output, image.view(), params.dtype, &header)?;
     if let Some(preview) = &params.preview {
         jobs::write_stretched(
