@@ -9,7 +9,7 @@ use astroworker::compute::Devices;
 use astroworker::fits::{Header, OutputType, write_image};
 use astroworker::fixtures::mono_star_frame;
 use astroworker::pipeline::NoProgress;
-use astroworker::pipeline::register::{self, RegisterParams};
+use astroworker::pipeline::register::{self, Framing, RegisterParams};
 use astroworker::pipeline::stack::{DebayerChoice, StackParams, Weights};
 use astroworker::science::align::{Model, apply, distance, invert};
 use astroworker::science::normalize::Normalization;
@@ -32,9 +32,12 @@ fn grid_rms(a: &Transform, b: &Transform) -> f64 {
     distance(a, b, (H, W), 16)
 }
 
-#[test]
-fn twenty_rotated_frames_register_and_stack_sharp() {
-    let dir = tempfile::tempdir().unwrap();
+/// A star of the sky: x, y (reference pixels) and flux.
+type SkyStar = (f64, f64, f64);
+
+/// Twenty frames of one sky (50 stars, wider than a frame), each with its true frame →
+/// reference transform (the first is the identity), written into `dir`.
+fn synthetic_frames(dir: &std::path::Path) -> (Vec<PathBuf>, Vec<Transform>, Vec<SkyStar>) {
     let mut rng = ChaCha8Rng::seed_from_u64(2026);
     // The sky in reference pixels, wider than the frame so shifted frames keep their stars.
     let sky: Vec<(f64, f64, f64)> = (0..50)
@@ -73,7 +76,7 @@ fn twenty_rotated_frames_register_and_stack_sharp() {
             let (y, x) = (rng.random_range(0..H), rng.random_range(0..W));
             img[(y, x)] = 20000.0;
         }
-        let path = dir.path().join(format!("frame_{k:02}.fits"));
+        let path = dir.join(format!("frame_{k:02}.fits"));
         write_image(
             &path,
             img.insert_axis(Axis(0)).view(),
@@ -85,30 +88,25 @@ fn twenty_rotated_frames_register_and_stack_sharp() {
         truths.push(truth);
     }
 
-    let registration = RegisterParams {
-        inputs: paths.clone(),
+    (paths, truths, sky)
+}
+
+fn registration_params(paths: &[PathBuf], framing: Framing) -> RegisterParams {
+    RegisterParams {
+        inputs: paths.to_vec(),
         output_dir: None,
         reference: Some(paths[0].clone()),
         model: Model::Similarity,
         interpolation: Interpolation::Lanczos3,
         reject_worst: 0.0,
-    };
-    let report = register::register(&registration, &NoProgress).unwrap();
-    assert!(report.dropped().is_empty(), "{:?}", report.dropped());
-    for (f, truth) in report.frames.iter().zip(&truths) {
-        let t = f.transform.expect("matched");
-        let err = grid_rms(&t, truth);
-        assert!(
-            err <= 0.05,
-            "{}: transform error {err:.4} px",
-            f.input.display()
-        );
+        framing,
     }
+}
 
-    let output = dir.path().join("stack.fits");
-    let params = StackParams {
-        inputs: paths,
-        output: output.clone(),
+fn stack_params(paths: &[PathBuf], output: PathBuf) -> StackParams {
+    StackParams {
+        inputs: paths.to_vec(),
+        output,
         method: Method::SigmaClip {
             low: 3.0,
             high: 3.0,
@@ -121,16 +119,51 @@ fn twenty_rotated_frames_register_and_stack_sharp() {
         dtype: OutputType::Float32,
         preview: None,
         memory_budget: 4 << 20,
-    };
+    }
+}
+
+/// Registers and stacks `paths` with `framing`; returns the stacked image and the result.
+fn registered_stack(
+    paths: &[PathBuf],
+    framing: Framing,
+    output: PathBuf,
+) -> (ndarray::Array3<f32>, serde_json::Value) {
     let devices = Devices::cpu_only();
     let compute = devices.select("cpu").unwrap();
-    let result =
-        register::registered_stack(&params, &registration, compute.as_ref(), &NoProgress).unwrap();
-    assert_eq!(result["frames_used"], 20);
-    let stacked = astroworker::fits::FitsReader::open(&output)
+    let result = register::registered_stack(
+        &stack_params(paths, output.clone()),
+        &registration_params(paths, framing),
+        compute.as_ref(),
+        &NoProgress,
+    )
+    .unwrap();
+    let image = astroworker::fits::FitsReader::open(&output)
         .unwrap()
         .read_all()
         .unwrap();
+    (image, result)
+}
+
+#[test]
+fn twenty_rotated_frames_register_and_stack_sharp() {
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, truths, sky) = synthetic_frames(dir.path());
+    let registration = registration_params(&paths, Framing::Reference);
+    let report = register::register(&registration, &NoProgress).unwrap();
+    assert!(report.dropped().is_empty(), "{:?}", report.dropped());
+    for (f, truth) in report.frames.iter().zip(&truths) {
+        let t = f.transform.expect("matched");
+        let err = grid_rms(&t, truth);
+        assert!(
+            err <= 0.05,
+            "{}: transform error {err:.4} px",
+            f.input.display()
+        );
+    }
+
+    let (stacked, result) =
+        registered_stack(&paths, Framing::Reference, dir.path().join("stack.fits"));
+    assert_eq!(result["frames_used"], 20);
     let stacked_fwhm = register::image_fwhm(stacked.view());
     let truth_img = render(&sky, 0.0, 0);
     let truth_fwhm = stars::median_fwhm(&stars::detect(truth_img.view(), &DetectParams::default()));
@@ -138,4 +171,62 @@ fn twenty_rotated_frames_register_and_stack_sharp() {
         (stacked_fwhm - truth_fwhm).abs() / truth_fwhm <= 0.10,
         "stack FWHM {stacked_fwhm:.3} vs truth {truth_fwhm:.3}"
     );
+}
+
+#[test]
+fn union_and_intersection_framing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, _, _) = synthetic_frames(dir.path());
+    let (reference, _) = registered_stack(&paths, Framing::Reference, dir.path().join("ref.fits"));
+    let (union, result) = registered_stack(&paths, Framing::Union, dir.path().join("union.fits"));
+    let origin = &result["registration"]["origin"];
+    let (ox, oy) = (origin[0].as_f64().unwrap(), origin[1].as_f64().unwrap());
+    let (_, uh, uw) = union.dim();
+    // Frames shifted by up to ±60 px: the union reaches beyond the reference on every side.
+    assert!(ox <= -30.0 && oy <= -30.0, "origin {ox}, {oy}");
+    assert!(uw as f64 + ox >= W as f64 + 30.0 && uh as f64 + oy >= H as f64 + 30.0);
+    assert_eq!(result["width"], uw);
+    // Within the reference's pixels the union stack is the reference-framed stack.
+    let inside = union.slice(ndarray::s![
+        ..,
+        -oy as usize..-oy as usize + H,
+        -ox as usize..-ox as usize + W
+    ]);
+    for (a, b) in inside.iter().zip(reference.iter()) {
+        assert!(
+            (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-3 * b.abs().max(1.0),
+            "{a} vs {b}"
+        );
+    }
+    // It covers more sky than the reference frame alone, and leaves the corners no frame
+    // reaches empty.
+    let covered = union.iter().filter(|v| v.is_finite()).count();
+    assert!(covered > H * W + H * W / 10, "{covered} covered pixels");
+    assert!(union[(0, 0, 0)].is_nan() || union[(0, uh - 1, uw - 1)].is_nan());
+
+    let (common, result) = registered_stack(
+        &paths,
+        Framing::Intersection,
+        dir.path().join("common.fits"),
+    );
+    let (_, ch, cw) = common.dim();
+    let origin = &result["registration"]["origin"];
+    let (cx, cy) = (origin[0].as_f64().unwrap(), origin[1].as_f64().unwrap());
+    assert!(cx >= 0.0 && cy >= 0.0 && cx as usize + cw <= W && cy as usize + ch <= H);
+    assert!(cw > W / 2 && ch > H / 3, "{cw}×{ch}");
+    // Every frame covers every pixel of the intersection: registered frames written with this
+    // framing have no empty pixel, and have the stack's size.
+    let written = RegisterParams {
+        output_dir: Some(dir.path().join("registered")),
+        ..registration_params(&paths, Framing::Intersection)
+    };
+    let report = register::register(&written, &NoProgress).unwrap();
+    for f in &report.frames {
+        let frame = astroworker::fits::FitsReader::open(f.output.as_ref().unwrap())
+            .unwrap()
+            .read_all()
+            .unwrap();
+        assert_eq!(frame.dim(), (1, ch, cw));
+        assert!(frame.iter().all(|v| v.is_finite()), "{}", f.input.display());
+    }
 }

@@ -361,6 +361,10 @@ pub struct RegistrationOptions {
     /// Drop this fraction of the frames with the worst FWHM (0 to 1).
     #[arg(long, default_value_t = 0.0)]
     pub reject_worst: f64,
+    /// Output geometry: reference (the reference frame's pixels), union (every pixel any frame
+    /// covers) or intersection (only pixels all frames cover).
+    #[arg(long, default_value = "reference")]
+    pub framing: String,
 }
 
 impl RegistrationOptions {
@@ -390,6 +394,12 @@ impl RegistrationOptions {
                 ))
             })?,
             reject_worst: self.reject_worst,
+            framing: register::Framing::parse(&self.framing).ok_or_else(|| {
+                bad(format!(
+                    "--framing must be reference, union or intersection, not {:?}",
+                    self.framing
+                ))
+            })?,
         })
     }
 }

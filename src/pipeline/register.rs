@@ -8,6 +8,7 @@
 //! cover are NaN there, so rejection sees them as missing rather than black.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use ndarray::{Array2, Array3, Axis, s};
 use rayon::prelude::*;
@@ -22,10 +23,58 @@ use crate::science::cfa::DebayerMethod;
 use crate::science::normalize::Coefficients;
 use crate::science::stack::Method;
 use crate::science::stars::{self, DetectParams, Star};
-use crate::science::warp::{Interpolation, Transform, sample_planes};
+use crate::science::warp::{Interpolation, Transform, warp_band};
 
-/// Rows read above and below what a band maps onto: the debayer's and Lanczos' reach.
-const MARGIN: usize = 6;
+/// Rows read above and below what a band maps onto: RCD's reach (within it of the rows read,
+/// it falls back to bilinear) plus Lanczos-3's.
+const MARGIN: usize = crate::science::cfa::RCD_RADIUS + 3;
+
+/// The output geometry of registered frames and stacks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Framing {
+    /// The reference frame's pixels.
+    #[default]
+    Reference,
+    /// Every pixel any used frame covers.
+    Union,
+    /// Only pixels every used frame covers.
+    Intersection,
+}
+
+impl Framing {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "reference" => Some(Self::Reference),
+            "union" => Some(Self::Union),
+            "intersection" => Some(Self::Intersection),
+            _ => None,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Reference => "reference",
+            Self::Union => "union",
+            Self::Intersection => "intersection",
+        }
+    }
+}
+
+/// Where the output pixels lie: reference coordinates of output pixel (0, 0), and the size.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Canvas {
+    pub origin: (f64, f64),
+    pub height: usize,
+    pub width: usize,
+}
+
+impl Canvas {
+    /// Output → frame, from a frame's reference → frame transform.
+    fn output_to_frame(&self, inverse: &Transform) -> Transform {
+        let (ox, oy) = self.origin;
+        matmul(inverse, &[[1.0, 0.0, ox], [0.0, 1.0, oy], [0.0, 0.0, 1.0]])
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct RegisterParams {
@@ -38,6 +87,7 @@ pub struct RegisterParams {
     pub interpolation: Interpolation,
     /// Fraction of the frames with the worst FWHM to drop (0 keeps all).
     pub reject_worst: f64,
+    pub framing: Framing,
 }
 
 /// One frame's registration.
@@ -82,15 +132,24 @@ pub struct RegisterReport {
     pub frames: Vec<FrameRegistration>,
     pub model: Model,
     pub interpolation: Interpolation,
+    pub framing: Framing,
+    /// Frame size (rows, columns), the same for every frame.
+    pub shape: (usize, usize),
+    /// Wall time of star detection (all frames) and of matching, seconds.
+    pub detect_s: f64,
+    pub match_s: f64,
 }
 
 impl RegisterReport {
     /// The `fits.register` result.
     pub fn to_json(&self) -> Value {
+        let canvas = self.canvas().ok();
         json!({
             "reference": self.reference.display().to_string(),
             "transform": self.model.name(),
             "interpolation": self.interpolation.name(),
+            "framing": self.framing.name(),
+            "origin": canvas.map(|c| [c.origin.0, c.origin.1]),
             "frames": self.frames.iter().map(FrameRegistration::to_json).collect::<Vec<_>>(),
             "dropped": self.dropped().iter().map(|p| p.display().to_string()).collect::<Vec<_>>(),
         })
@@ -102,6 +161,81 @@ impl RegisterReport {
             .filter(|f| f.dropped.is_some())
             .map(|f| f.input.clone())
             .collect()
+    }
+
+    /// The output canvas of the used frames under this report's framing.
+    pub fn canvas(&self) -> Result<Canvas> {
+        let (h, w) = self.shape;
+        if self.framing == Framing::Reference {
+            return Ok(Canvas {
+                origin: (0.0, 0.0),
+                height: h,
+                width: w,
+            });
+        }
+        let (right, bottom) = ((w - 1) as f64, (h - 1) as f64);
+        // [left, top, right, bottom] of the union, or of the intersection.
+        let mut bounds = match self.framing {
+            Framing::Union => [
+                f64::INFINITY,
+                f64::INFINITY,
+                f64::NEG_INFINITY,
+                f64::NEG_INFINITY,
+            ],
+            _ => [
+                f64::NEG_INFINITY,
+                f64::NEG_INFINITY,
+                f64::INFINITY,
+                f64::INFINITY,
+            ],
+        };
+        for (_, t) in self.used() {
+            let [tl, tr, bl, br] = [(0.0, 0.0), (right, 0.0), (0.0, bottom), (right, bottom)]
+                .map(|(x, y)| apply(&t, x, y));
+            if self.framing == Framing::Union {
+                for (x, y) in [tl, tr, bl, br] {
+                    bounds = [
+                        bounds[0].min(x),
+                        bounds[1].min(y),
+                        bounds[2].max(x),
+                        bounds[3].max(y),
+                    ];
+                }
+            } else {
+                // The axis-aligned box inside the frame's (nearly axis-aligned) footprint.
+                bounds = [
+                    bounds[0].max(tl.0.max(bl.0)),
+                    bounds[1].max(tl.1.max(tr.1)),
+                    bounds[2].min(tr.0.min(br.0)),
+                    bounds[3].min(bl.1.min(br.1)),
+                ];
+            }
+        }
+        let [left, top, right, bottom] = match self.framing {
+            Framing::Union => [
+                bounds[0].floor(),
+                bounds[1].floor(),
+                bounds[2].ceil(),
+                bounds[3].ceil(),
+            ],
+            _ => [
+                bounds[0].ceil(),
+                bounds[1].ceil(),
+                bounds[2].floor(),
+                bounds[3].floor(),
+            ],
+        };
+        if !(right >= left && bottom >= top) || (right - left).max(bottom - top) > 1e6 {
+            return Err(PipelineError::Invalid(format!(
+                "the {} of the registered frames is empty or unbounded",
+                self.framing.name()
+            )));
+        }
+        Ok(Canvas {
+            origin: (left, top),
+            height: (bottom - top) as usize + 1,
+            width: (right - left) as usize + 1,
+        })
     }
 
     /// The frames to stack, with their frame → reference transforms.
@@ -138,6 +272,7 @@ pub fn register(p: &RegisterParams, progress: &dyn Progress) -> Result<RegisterR
     let n = p.inputs.len();
     let total = (2 * n) as u64 + if p.output_dir.is_some() { n as u64 } else { 0 };
     let counter = std::sync::atomic::AtomicU64::new(0);
+    let started = Instant::now();
     let detected: Vec<(Vec<Star>, (usize, usize))> = p
         .inputs
         .par_iter()
@@ -176,6 +311,8 @@ pub fn register(p: &RegisterParams, progress: &dyn Progress) -> Result<RegisterR
             })
             .expect("at least one frame"),
     };
+    let detect_s = started.elapsed().as_secs_f64();
+    let started = Instant::now();
     let ref_stars = &detected[reference].0;
     let mut frames: Vec<FrameRegistration> = detected
         .par_iter()
@@ -231,9 +368,13 @@ pub fn register(p: &RegisterParams, progress: &dyn Progress) -> Result<RegisterR
         frames,
         model: p.model,
         interpolation: p.interpolation,
+        framing: p.framing,
+        shape,
+        detect_s,
+        match_s: started.elapsed().as_secs_f64(),
     };
     if let Some(dir) = &p.output_dir {
-        write_registered(&mut report, dir, shape, progress, 2 * n as u64, total)?;
+        write_registered(&mut report, dir, progress, 2 * n as u64, total)?;
     }
     Ok(report)
 }
@@ -257,11 +398,10 @@ fn reject_worst(frames: &mut [FrameRegistration], reference: usize, fraction: f6
     }
 }
 
-/// Writes each used frame debayered and resampled onto the reference as float32 FITS.
+/// Writes each used frame debayered and resampled onto the canvas as float32 FITS.
 fn write_registered(
     report: &mut RegisterReport,
     dir: &Path,
-    (h, w): (usize, usize),
     progress: &dyn Progress,
     mut done: u64,
     total: u64,
@@ -271,14 +411,17 @@ fn write_registered(
         reason: e.to_string(),
     })?;
     let interpolation = report.interpolation;
+    let canvas = report.canvas()?;
     for f in report.frames.iter_mut().filter(|f| f.dropped.is_none()) {
         progress.checkpoint()?;
         let Some(t) = f.transform else { continue };
         let frame = Frame::open(&f.input)?;
-        let sources = band_sources(&frame, 0, frame.info.height())?;
+        let sources = band_sources(&frame, 0, frame.info.height(), DebayerMethod::Rcd)?;
         let inverse =
             invert(&t).ok_or_else(|| PipelineError::Invalid("singular transform".into()))?;
-        let out = resample_rows(sources.view(), 0, &inverse, interpolation, 0, (h, w));
+        let mut out = Array3::<f32>::zeros((sources.dim().0, canvas.height, canvas.width));
+        let m = canvas.output_to_frame(&inverse);
+        warp_band(sources.view(), 0, &m, interpolation, 0, out.view_mut());
         let mut header = jobs::output_header(&frame.info.header, false);
         header.push_history(&format!(
             "register: {} onto {}, {} ({} stars matched, rms {:.3} px)",
@@ -301,9 +444,15 @@ fn write_registered(
     Ok(())
 }
 
-/// Rows `row0 .. row1` of a frame as colour planes: debayered (RCD) when the frame is a CFA
-/// mosaic (starting on an even row, so the pattern is the file's), as they are otherwise.
-fn band_sources(frame: &Frame, row0: usize, row1: usize) -> Result<Array3<f32>> {
+/// Rows `row0 .. row1` of a frame as colour planes: debayered by `debayer` when the frame is
+/// a CFA mosaic (starting on an even row, so the pattern is the file's), as they are
+/// otherwise.
+fn band_sources(
+    frame: &Frame,
+    row0: usize,
+    row1: usize,
+    debayer: DebayerMethod,
+) -> Result<Array3<f32>> {
     let (w, planes) = (frame.info.width(), frame.info.channels());
     let rows = row1 - row0;
     let mut raw = Array3::<f32>::zeros((planes, rows, w));
@@ -314,49 +463,14 @@ fn band_sources(frame: &Frame, row0: usize, row1: usize) -> Result<Array3<f32>> 
         (1, Some(pattern)) => Ok(crate::science::cfa::debayer(
             raw.index_axis(Axis(0), 0),
             pattern.shifted(0, row0 % 2),
-            DebayerMethod::Rcd,
+            debayer,
         )),
         _ => Ok(raw),
     }
 }
 
-/// Resamples output rows `out_row0 ..` (reference geometry) of every plane from `src`, which
-/// holds the frame's rows from `src_row0`. `inverse` maps reference → frame. Returns
-/// `(planes, rows, width)`.
-fn resample_rows(
-    src: ndarray::ArrayView3<f32>,
-    src_row0: usize,
-    inverse: &Transform,
-    interpolation: Interpolation,
-    out_row0: usize,
-    (rows, width): (usize, usize),
-) -> Array3<f32> {
-    let shift: Transform = [
-        [1.0, 0.0, 0.0],
-        [0.0, 1.0, -(src_row0 as f64)],
-        [0.0, 0.0, 1.0],
-    ];
-    let m = matmul(&shift, inverse);
-    let planes = src.dim().0;
-    // Interleaved while sampling (one position and one set of weights per pixel), then planar.
-    let mut interleaved = vec![0f32; rows * width * planes];
-    interleaved
-        .par_chunks_mut(width * planes)
-        .enumerate()
-        .for_each(|(r, row)| {
-            let y = (out_row0 + r) as f64;
-            for (x, px) in row.chunks_mut(planes).enumerate() {
-                sample_planes(src, &m, interpolation, x as f64, y, px);
-            }
-        });
-    Array3::from_shape_vec((rows, width, planes), interleaved)
-        .expect("sized above")
-        .permuted_axes([2, 0, 1])
-        .as_standard_layout()
-        .into_owned()
-}
-
-/// The frame rows `[first, last)` that output rows `[y0, y1)` of width `w` map onto.
+/// The frame rows `[first, last)` that output rows `[y0, y1)` of width `w` map onto, in a
+/// frame of `h` rows.
 fn source_rows(inverse: &Transform, y0: usize, y1: usize, w: usize, h: usize) -> (usize, usize) {
     let corners = [
         (0.0, y0 as f64),
@@ -380,37 +494,61 @@ pub struct RegisteredStack {
     pub image: Array3<f32>,
     pub header: crate::fits::Header,
     pub rejected: u64,
+    /// Time spent reading and debayering source rows, resampling them, and stacking bands.
+    pub read: Duration,
+    pub warp: Duration,
+    pub stack: Duration,
 }
 
-/// Stacks the used frames of `report` onto the reference, band by band.
+/// Stacks the used frames of `report` onto the reference, band by band, debayering CFA
+/// frames with `debayer` (a full-resolution method: CFA frames can't be registered as
+/// mosaics or at half resolution).
 pub fn stack_registered(
     report: &RegisterReport,
     method: Method,
+    debayer: Option<DebayerMethod>,
     compute: &dyn Compute,
     memory_budget: usize,
     progress: &dyn Progress,
 ) -> Result<RegisteredStack> {
     let used = report.used();
+    let canvas = report.canvas()?;
+    // Each frame with its output → frame transform.
     let frames: Vec<(Frame, Transform)> = used
         .iter()
         .map(|(p, t)| {
             let inverse =
                 invert(t).ok_or_else(|| PipelineError::Invalid("singular transform".into()))?;
-            Ok((Frame::open(p)?, inverse))
+            Ok((Frame::open(p)?, canvas.output_to_frame(&inverse)))
         })
         .collect::<Result<_>>()?;
     let first = &frames[0].0.info;
-    let (h, w) = (first.height(), first.width());
-    let planes = if bayer_pattern(first).is_some() {
-        3
-    } else {
-        first.channels()
+    let frame_h = first.height();
+    let (h, w) = (canvas.height, canvas.width);
+    let cfa = first.channels() == 1 && bayer_pattern(first).is_some();
+    let planes = if cfa { 3 } else { first.channels() };
+    let debayer = match debayer {
+        Some(m) if m != DebayerMethod::Superpixel => m,
+        // Not used: nothing to debayer.
+        _ if !cfa => DebayerMethod::Rcd,
+        _ => {
+            return Err(PipelineError::Invalid(
+                "registration resamples full-resolution colour planes: debayer must be auto, \
+                 bilinear, vng or rcd for CFA frames"
+                    .into(),
+            ));
+        }
     };
     let n = frames.len();
+    // 16-bit frames are resampled to whole ADU, as Siril keeps registered 16-bit frames: the
+    // rounding adds 0.29 ADU RMS to each sample (a Seestar sub's noise is ~50 ADU), and the
+    // stack can take its exact integer path.
+    let whole_adu = frames.iter().all(|(f, _)| f.stores_u16());
     let rows = jobs::band_rows(n * planes, w, h, memory_budget).max(1);
     let coefficients = vec![[Coefficients::IDENTITY; 3]; n];
     let mut out = Array3::<f32>::zeros((planes, h, w));
     let mut rejected = 0u64;
+    let (mut read, mut warp, mut stack) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let bands = h.div_ceil(rows) as u64;
     for (b, y0) in (0..h).step_by(rows).enumerate() {
         progress.checkpoint()?;
@@ -418,23 +556,29 @@ pub fn stack_registered(
         let mut band = Array3::<f32>::from_elem((planes * n, y1 - y0, w), f32::NAN);
         // Frame by frame (each resampling is parallel inside).
         for (i, (frame, inverse)) in frames.iter().enumerate() {
-            let (s0, s1) = source_rows(inverse, y0, y1, w, h);
+            let (s0, s1) = source_rows(inverse, y0, y1, w, frame_h);
             if s0 == s1 {
                 continue;
             }
-            let sources = band_sources(frame, s0, s1)?;
-            let warped = resample_rows(
+            let started = Instant::now();
+            let sources = band_sources(frame, s0, s1, debayer)?;
+            read += started.elapsed();
+            let started = Instant::now();
+            // This frame's planes are band planes i, n + i, 2n + i, …
+            warp_band(
                 sources.view(),
                 s0,
                 inverse,
                 report.interpolation,
                 y0,
-                (y1 - y0, w),
+                band.slice_mut(s![i..;n, .., ..]),
             );
-            for (c, plane) in warped.axis_iter(Axis(0)).enumerate() {
-                band.index_axis_mut(Axis(0), c * n + i).assign(&plane);
+            if whole_adu {
+                round_to_adu(band.slice_mut(s![i..;n, .., ..]));
             }
+            warp += started.elapsed();
         }
+        let started = Instant::now();
         for c in 0..planes {
             let job = BandJob {
                 frames: band.slice_mut(s![c * n..(c + 1) * n, .., ..]),
@@ -447,13 +591,35 @@ pub fn stack_registered(
             };
             rejected += compute.stack_band(job, out.slice_mut(s![c, y0..y1, ..]))?;
         }
+        stack += started.elapsed();
         progress.report(b as u64 + 1, bands, "stacking registered frames");
     }
     Ok(RegisteredStack {
         image: out,
         header: stack_header(report, &frames, method),
         rejected,
+        read,
+        warp,
+        stack,
     })
+}
+
+/// Rounds samples in 0..=65535 to the nearest integer; NaN (no coverage) and anything out of
+/// that range (bicubic overshoot) stay as they are.
+fn round_to_adu(mut samples: ndarray::ArrayViewMut3<f32>) {
+    samples
+        .axis_iter_mut(Axis(1))
+        .into_par_iter()
+        .for_each(|mut planes| {
+            for mut row in planes.outer_iter_mut() {
+                let row = row.as_slice_mut().expect("rows are contiguous");
+                for v in row {
+                    if (0.0..65535.5).contains(v) {
+                        *v = ((*v + 0.5) as u32) as f32;
+                    }
+                }
+            }
+        });
 }
 
 /// The header of a registered stack, from the frames already open: the reference's carried
@@ -472,10 +638,11 @@ fn stack_header(
     let exposure: f64 = frames.iter().filter_map(|(f, _)| f.exposure()).sum();
     jobs::set_stack_totals(&mut header, exposure, frames.len());
     header.push_history(&format!(
-        "register: {} transforms onto {}, {} resampling, {} frame(s) dropped",
+        "register: {} transforms onto {}, {} resampling, {} framing, {} frame(s) dropped",
         report.model.name(),
         report.reference.display(),
         report.interpolation.name(),
+        report.framing.name(),
         report.dropped().len()
     ));
     header.push_history(&format!("stack: {}", method.name()));
@@ -499,15 +666,24 @@ pub fn registered_stack(
                 .into(),
         ));
     }
+    let debayer = match params.debayer {
+        super::stack::DebayerChoice::Auto => Some(DebayerMethod::Rcd),
+        super::stack::DebayerChoice::Method(m) => Some(m),
+        super::stack::DebayerChoice::None => None,
+    };
     let started = std::time::Instant::now();
     let report = register(registration, progress)?;
     let RegisteredStack {
         image,
         header,
         rejected,
+        read,
+        warp,
+        stack,
     } = stack_registered(
         &report,
         params.method,
+        debayer,
         compute,
         params.memory_budget,
         progress,
@@ -534,6 +710,13 @@ pub fn registered_stack(
         "rejected_fraction": rejected as f64 / (used * planes * h * w).max(1) as f64,
         "device": compute.device(),
         "elapsed_s": started.elapsed().as_secs_f64(),
+        "timings": {
+            "detect_s": report.detect_s,
+            "match_s": report.match_s,
+            "read_debayer_s": read.as_secs_f64(),
+            "warp_s": warp.as_secs_f64(),
+            "stack_s": stack.as_secs_f64(),
+        },
         "registration": report.to_json(),
     }))
 }

@@ -613,7 +613,7 @@ fn finite_window(m: &Mosaic, x: usize, y: usize) -> Option<Window> {
 /// distance of it. The red and blue of a green pixel (step 5 of [`RcdKernel`]) read the
 /// step-4 values of sites up to 3 pixels away, each of which reads the mosaic up to 7 pixels
 /// further (the step-3 greens 2 pixels away diagonally, 5 more).
-const RCD_RADIUS: usize = 10;
+pub(crate) const RCD_RADIUS: usize = 10;
 
 /// RCD's tolerance against division by zero, relative to the largest magnitude in the mosaic:
 /// the reference's `1e-5` for data normalised to [0, 1].

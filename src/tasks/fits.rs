@@ -259,6 +259,8 @@ fn stack_task(env: &FitsEnv, ctx: &TaskContext, a: Args) -> Result<Value, TaskEr
         reject_worst: f64,
         #[serde(default)]
         reference: Option<String>,
+        #[serde(default = "default_reference")]
+        framing: String,
     }
     let p: P = a.bind(
         "fits.stack",
@@ -287,6 +289,7 @@ fn stack_task(env: &FitsEnv, ctx: &TaskContext, a: Args) -> Result<Value, TaskEr
             "interpolation",
             "reject_worst",
             "reference",
+            "framing",
         ],
     )?;
     let compute = env
@@ -326,10 +329,13 @@ fn stack_task(env: &FitsEnv, ctx: &TaskContext, a: Args) -> Result<Value, TaskEr
             env,
             params.inputs.clone(),
             None,
-            p.reference.as_deref(),
-            &p.transform,
-            &p.interpolation,
-            p.reject_worst,
+            RegistrationArgs {
+                reference: p.reference.as_deref(),
+                transform: &p.transform,
+                interpolation: &p.interpolation,
+                reject_worst: p.reject_worst,
+                framing: &p.framing,
+            },
         )?;
         return register::registered_stack(
             &params,
@@ -346,7 +352,7 @@ fn stack_task(env: &FitsEnv, ctx: &TaskContext, a: Args) -> Result<Value, TaskEr
 }
 
 /// `fits.register(inputs, output_dir=None, reference=None, transform="similarity",
-/// interpolation="lanczos3", reject_worst=0)`.
+/// interpolation="lanczos3", reject_worst=0, framing="reference")`.
 fn register_task(env: &FitsEnv, ctx: &TaskContext, a: Args) -> Result<Value, TaskError> {
     #[derive(Deserialize)]
     struct P {
@@ -361,6 +367,8 @@ fn register_task(env: &FitsEnv, ctx: &TaskContext, a: Args) -> Result<Value, Tas
         interpolation: String,
         #[serde(default)]
         reject_worst: f64,
+        #[serde(default = "default_reference")]
+        framing: String,
     }
     let p: P = a.bind(
         "fits.register",
@@ -371,6 +379,7 @@ fn register_task(env: &FitsEnv, ctx: &TaskContext, a: Args) -> Result<Value, Tas
             "transform",
             "interpolation",
             "reject_worst",
+            "framing",
         ],
     )?;
     let inputs = env
@@ -387,24 +396,40 @@ fn register_task(env: &FitsEnv, ctx: &TaskContext, a: Args) -> Result<Value, Tas
         env,
         inputs,
         output_dir,
-        p.reference.as_deref(),
-        &p.transform,
-        &p.interpolation,
-        p.reject_worst,
+        RegistrationArgs {
+            reference: p.reference.as_deref(),
+            transform: &p.transform,
+            interpolation: &p.interpolation,
+            reject_worst: p.reject_worst,
+            framing: &p.framing,
+        },
     )?;
     let report = register::register(&params, &TaskProgress::new(ctx)).map_err(pipeline_error)?;
     Ok(report.to_json())
+}
+
+/// The registration kwargs `fits.stack` and `fits.register` share, as the caller gave them.
+struct RegistrationArgs<'a> {
+    reference: Option<&'a str>,
+    transform: &'a str,
+    interpolation: &'a str,
+    reject_worst: f64,
+    framing: &'a str,
 }
 
 fn register_params(
     env: &FitsEnv,
     inputs: Vec<PathBuf>,
     output_dir: Option<PathBuf>,
-    reference: Option<&str>,
-    transform: &str,
-    interpolation: &str,
-    reject_worst: f64,
+    a: RegistrationArgs,
 ) -> Result<register::RegisterParams, TaskError> {
+    let RegistrationArgs {
+        reference,
+        transform,
+        interpolation,
+        reject_worst,
+        framing,
+    } = a;
     Ok(register::RegisterParams {
         inputs,
         output_dir,
@@ -427,6 +452,11 @@ fn register_params(
         } else {
             return Err(TaskError::value_error("reject_worst must be in [0, 1)"));
         },
+        framing: register::Framing::parse(framing).ok_or_else(|| {
+            TaskError::value_error(format!(
+                "framing must be reference, union or intersection, not {framing:?}"
+            ))
+        })?,
     })
 }
 
@@ -557,6 +587,9 @@ fn default_similarity() -> String {
 }
 fn default_lanczos3() -> String {
     "lanczos3".into()
+}
+fn default_reference() -> String {
+    "reference".into()
 }
 fn default_none() -> String {
     "none".into()
