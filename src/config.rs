@@ -48,6 +48,8 @@ pub struct WorkerConfig {
     pub http: Option<std::net::SocketAddr>,
     /// Describes the compute devices for `/health`.
     pub devices: Vec<String>,
+    /// Whether to load NVML for GPU telemetry (`--gpus` other than `none`).
+    pub gpu_telemetry: bool,
     /// `(task name, rate)` from `--task-rate-limit`.
     pub rate_limits: Vec<(String, String)>,
     pub diagnostic_tasks: bool,

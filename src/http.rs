@@ -3,7 +3,9 @@
 //!
 //! `/health` answers 200 when the broker answers a PING within 2 s and the last
 //! worker-heartbeat went out within three heartbeat intervals (or heartbeats are off), 503
-//! otherwise; the JSON body says which check failed, and which compute device tasks get.
+//! otherwise; the JSON body says which check failed, which compute device tasks get, and what
+//! NVML reads of each GPU (`gpus`, null without NVML). `/metrics` adds per-GPU gauges when
+//! NVML is loaded.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -63,6 +65,8 @@ async fn health(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         "last_heartbeat_s": since_beat.map(|d| d.as_secs_f64()),
         "shutting_down": !running,
         "devices": shared.compute_devices(),
+        // NVML's view of the GPUs; null when NVML is not loaded (no driver, or --gpus none).
+        "gpus": shared.gpus.available().then(|| shared.gpus.readings()),
         "active": shared.state.active_count(),
         "processed": shared.state.processed(),
     });
@@ -89,6 +93,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         .set(i64::try_from(shared.state.unacked_tags().len()).unwrap_or(i64::MAX));
     m.active
         .set(i64::try_from(shared.state.active_count()).unwrap_or(i64::MAX));
+    m.set_gpus(&shared.gpus.readings());
     (
         [(
             header::CONTENT_TYPE,

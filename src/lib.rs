@@ -27,6 +27,7 @@ pub mod control;
 pub mod events;
 pub mod fits;
 pub mod fixtures;
+pub mod gpu;
 pub mod http;
 pub mod metrics;
 pub mod paths;

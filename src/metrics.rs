@@ -8,8 +8,8 @@
 use std::sync::LazyLock;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 static FRAMES: LazyLock<IntCounter> = LazyLock::new(|| {
@@ -50,6 +50,8 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     pub prefetch_in_use: IntGauge,
     pub active: IntGauge,
+    /// Per GPU (labels `gpu`, `name`), from NVML at each scrape.
+    gpu: [GaugeVec; 5],
 }
 
 impl Default for Metrics {
@@ -93,6 +95,19 @@ impl Metrics {
         .expect("valid metric");
         let active =
             IntGauge::new("astroworker_tasks_active", "Tasks running now").expect("valid metric");
+        let gpu = [
+            ("astroworker_gpu_memory_used_bytes", "GPU memory in use"),
+            ("astroworker_gpu_memory_total_bytes", "GPU memory in all"),
+            (
+                "astroworker_gpu_utilization_ratio",
+                "Share of time a kernel ran (0–1)",
+            ),
+            ("astroworker_gpu_temperature_celsius", "GPU temperature"),
+            ("astroworker_gpu_power_watts", "GPU power draw"),
+        ]
+        .map(|(name, help)| {
+            GaugeVec::new(Opts::new(name, help), &["gpu", "name"]).expect("valid metric")
+        });
         for c in [
             Box::new(received.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(outcomes.clone()),
@@ -102,7 +117,12 @@ impl Metrics {
             Box::new(active.clone()),
             Box::new(FRAMES.clone()),
             Box::new(PIXELS.clone()),
-        ] {
+        ]
+        .into_iter()
+        .chain(
+            gpu.iter()
+                .map(|g| Box::new(g.clone()) as Box<dyn prometheus::core::Collector>),
+        ) {
             registry.register(c).expect("metric names are unique");
         }
         Self {
@@ -113,6 +133,27 @@ impl Metrics {
             queue_depth,
             prefetch_in_use,
             active,
+            gpu,
+        }
+    }
+
+    /// Sets the GPU gauges from NVML readings; a value NVML could not read is left out.
+    pub fn set_gpus(&self, readings: &[crate::gpu::GpuReading]) {
+        for r in readings {
+            let labels = [r.index.to_string(), r.name.clone()];
+            let labels = [labels[0].as_str(), labels[1].as_str()];
+            let values = [
+                r.memory_used_bytes.map(|v| v as f64),
+                r.memory_total_bytes.map(|v| v as f64),
+                r.utilization_percent.map(|v| f64::from(v) / 100.0),
+                r.temperature_c.map(f64::from),
+                r.power_w,
+            ];
+            for (gauge, value) in self.gpu.iter().zip(values) {
+                if let Some(v) = value {
+                    gauge.with_label_values(&labels).set(v);
+                }
+            }
         }
     }
 
@@ -163,5 +204,35 @@ mod tests {
         assert!(text.contains("astroworker_task_runtime_seconds_count{task=\"fits.stack\"} 1"));
         assert!(text.contains("astroworker_queue_depth{queue=\"fits\"} 3"));
         assert!(text.contains("astroworker_frames_processed_total"));
+    }
+
+    #[test]
+    fn gpu_gauges_follow_the_readings() {
+        let m = Metrics::new();
+        assert!(
+            !m.render().contains("astroworker_gpu_"),
+            "no GPU, no GPU series"
+        );
+        m.set_gpus(&[crate::gpu::GpuReading {
+            index: 0,
+            name: "NVIDIA H100".into(),
+            memory_used_bytes: Some(3 << 30),
+            memory_total_bytes: Some(80 << 30),
+            utilization_percent: Some(42),
+            temperature_c: Some(51),
+            power_w: None,
+        }]);
+        let text = m.render();
+        let labels = "{gpu=\"0\",name=\"NVIDIA H100\"}";
+        for line in [
+            format!("astroworker_gpu_memory_used_bytes{labels} 3221225472"),
+            format!("astroworker_gpu_memory_total_bytes{labels} 85899345920"),
+            format!("astroworker_gpu_utilization_ratio{labels} 0.42"),
+            format!("astroworker_gpu_temperature_celsius{labels} 51"),
+        ] {
+            assert!(text.contains(&line), "{line} not in\n{text}");
+        }
+        // Power NVML could not read is left out rather than reported as 0.
+        assert!(!text.contains("astroworker_gpu_power_watts{"));
     }
 }

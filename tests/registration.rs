@@ -38,6 +38,14 @@ type SkyStar = (f64, f64, f64);
 /// Twenty frames of one sky (50 stars, wider than a frame), each with its true frame →
 /// reference transform (the first is the identity), written into `dir`.
 fn synthetic_frames(dir: &std::path::Path) -> (Vec<PathBuf>, Vec<Transform>, Vec<SkyStar>) {
+    synthetic_frames_with_noise(dir, |_| 8.0)
+}
+
+/// [`synthetic_frames`] with the read noise of frame k given by `noise(k)`.
+fn synthetic_frames_with_noise(
+    dir: &std::path::Path,
+    noise: impl Fn(u64) -> f64,
+) -> (Vec<PathBuf>, Vec<Transform>, Vec<SkyStar>) {
     let mut rng = ChaCha8Rng::seed_from_u64(2026);
     // The sky in reference pixels, wider than the frame so shifted frames keep their stars.
     let sky: Vec<(f64, f64, f64)> = (0..50)
@@ -71,7 +79,7 @@ fn synthetic_frames(dir: &std::path::Path) -> (Vec<PathBuf>, Vec<Transform>, Vec
                 (fx, fy, f)
             })
             .collect();
-        let mut img = render(&stars, 8.0, 100 + k);
+        let mut img = render(&stars, noise(k), 100 + k);
         for _ in 0..5 {
             let (y, x) = (rng.random_range(0..H), rng.random_range(0..W));
             img[(y, x)] = 20000.0;
@@ -128,11 +136,19 @@ fn registered_stack(
     framing: Framing,
     output: PathBuf,
 ) -> (ndarray::Array3<f32>, serde_json::Value) {
+    registered_stack_with(stack_params(paths, output), framing)
+}
+
+fn registered_stack_with(
+    params: StackParams,
+    framing: Framing,
+) -> (ndarray::Array3<f32>, serde_json::Value) {
+    let (paths, output) = (params.inputs.clone(), params.output.clone());
     let devices = Devices::cpu_only();
     let compute = devices.select("cpu").unwrap();
     let result = register::registered_stack(
-        &stack_params(paths, output.clone()),
-        &registration_params(paths, framing),
+        &params,
+        &registration_params(&paths, framing),
         compute.as_ref(),
         &NoProgress,
     )
@@ -228,5 +244,64 @@ fn union_and_intersection_framing() {
             .unwrap();
         assert_eq!(frame.dim(), (1, ch, cw));
         assert!(frame.iter().all(|v| v.is_finite()), "{}", f.input.display());
+    }
+}
+
+#[test]
+fn noise_and_quality_weights_favour_the_quiet_frames() {
+    // Half the frames five times noisier: weighting by 1/σ² (or 1/(σ²·FWHM²), the FWHM
+    // being equal) must bring the stack's noise well below the plain mean's (in theory
+    // 2.5 against 6.5 ADU).
+    let dir = tempfile::tempdir().unwrap();
+    let (paths, _, sky) =
+        synthetic_frames_with_noise(dir.path(), |k| if k % 2 == 1 { 40.0 } else { 8.0 });
+    let truth = render(&sky, 0.0, 0);
+    let residual_noise = |weights: Weights, name: &str| {
+        let params = StackParams {
+            method: Method::Mean,
+            weights,
+            ..stack_params(&paths, dir.path().join(format!("{name}.fits")))
+        };
+        let (image, result) = registered_stack_with(params, Framing::Reference);
+        let plane = image.index_axis(Axis(0), 0);
+        // Away from the borders some frames don't cover.
+        let diffs: Vec<f64> = plane
+            .slice(ndarray::s![70..H - 70, 70..W - 70])
+            .indexed_iter()
+            .map(|((y, x), v)| f64::from(*v) - f64::from(truth[(y + 70, x + 70)]))
+            .collect();
+        // Robust σ (1.4826·MAD): star cores, where resampling errors dominate, don't count.
+        let mut sorted = diffs.clone();
+        let median = *sorted
+            .select_nth_unstable_by(diffs.len() / 2, f64::total_cmp)
+            .1;
+        let mut deviations: Vec<f64> = diffs.iter().map(|v| (v - median).abs()).collect();
+        let mid = deviations.len() / 2;
+        (
+            1.4826 * *deviations.select_nth_unstable_by(mid, f64::total_cmp).1,
+            result,
+        )
+    };
+    let (plain, result) = residual_noise(Weights::None, "plain");
+    let noise: Vec<f64> = result["registration"]["frames"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["noise"].as_f64().unwrap())
+        .collect();
+    for (k, pair) in noise.chunks(2).enumerate() {
+        assert!(
+            pair[1] > 3.0 * pair[0],
+            "frames {}/{}: noise {pair:?}",
+            2 * k,
+            2 * k + 1
+        );
+    }
+    for weights in [Weights::Noise, Weights::Quality] {
+        let (weighted, _) = residual_noise(weights, "weighted");
+        assert!(
+            weighted < 0.6 * plain,
+            "{weights:?}: residual noise {weighted:.2} vs {plain:.2} unweighted"
+        );
     }
 }

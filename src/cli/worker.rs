@@ -209,6 +209,7 @@ impl WorkerArgs {
             rate_limits,
             http: self.http,
             devices: Vec::new(),
+            gpu_telemetry: self.gpus.trim() != "none",
             diagnostic_tasks: self.diagnostic_tasks,
         })
     }

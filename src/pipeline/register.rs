@@ -15,6 +15,7 @@ use rayon::prelude::*;
 use serde_json::{Value, json};
 
 use super::frames::{Frame, bayer_pattern};
+use super::stack::Weights;
 use super::{PipelineError, Progress, Result, jobs};
 use crate::compute::{BandJob, ChannelMap, Compute};
 use crate::fits::OutputType;
@@ -98,6 +99,8 @@ pub struct FrameRegistration {
     pub stars: usize,
     pub fwhm: f64,
     pub roundness: f64,
+    /// Background noise σ per pixel (ADU).
+    pub noise: f64,
     pub matched: Option<usize>,
     /// Frame → reference.
     pub transform: Option<Transform>,
@@ -114,6 +117,7 @@ impl FrameRegistration {
             "stars": self.stars,
             "fwhm": finite(self.fwhm),
             "roundness": finite(self.roundness),
+            "noise": finite(self.noise),
             "matched": self.matched,
             "transform": self.transform,
             "rms_px": self.rms_px.and_then(finite),
@@ -239,17 +243,27 @@ impl RegisterReport {
     }
 
     /// The frames to stack, with their frame → reference transforms.
-    pub fn used(&self) -> Vec<(&Path, Transform)> {
+    pub fn used(&self) -> Vec<(&FrameRegistration, Transform)> {
         self.frames
             .iter()
             .filter(|f| f.dropped.is_none())
-            .filter_map(|f| f.transform.map(|t| (f.input.as_path(), t)))
+            .filter_map(|f| f.transform.map(|t| (f, t)))
             .collect()
     }
 }
 
-/// Stars of one frame, in frame pixels.
-fn frame_stars(path: &Path) -> Result<(Vec<Star>, (usize, usize))> {
+/// What detection found in one frame.
+struct Detected {
+    /// In frame pixels.
+    stars: Vec<Star>,
+    /// (rows, columns).
+    shape: (usize, usize),
+    /// Background noise σ per pixel, from the luminance (2×2 sums for CFA frames).
+    noise: f64,
+}
+
+/// Stars and background noise of one frame.
+fn frame_stars(path: &Path) -> Result<Detected> {
     let frame = Frame::open(path)?;
     let data = frame.read_all()?;
     let pattern = bayer_pattern(&frame.info);
@@ -259,9 +273,14 @@ fn frame_stars(path: &Path) -> Result<(Vec<Star>, (usize, usize))> {
         saturation: saturation.max(1.0) * lum.scale * lum.scale,
         ..DetectParams::default()
     };
-    let mut found = stars::detect(lum.image.view(), &params);
+    let (mut found, noise) = stars::detect_with_noise(lum.image.view(), &params);
     stars::to_frame(&mut found, &lum);
-    Ok((found, (data.dim().1, data.dim().2)))
+    Ok(Detected {
+        stars: found,
+        shape: (data.dim().1, data.dim().2),
+        // A sum of scale² pixels has scale times one pixel's noise.
+        noise: noise / lum.scale,
+    })
 }
 
 /// Detects, picks the reference and matches every frame to it.
@@ -273,7 +292,7 @@ pub fn register(p: &RegisterParams, progress: &dyn Progress) -> Result<RegisterR
     let total = (2 * n) as u64 + if p.output_dir.is_some() { n as u64 } else { 0 };
     let counter = std::sync::atomic::AtomicU64::new(0);
     let started = Instant::now();
-    let detected: Vec<(Vec<Star>, (usize, usize))> = p
+    let detected: Vec<Detected> = p
         .inputs
         .par_iter()
         .map(|path| {
@@ -284,13 +303,13 @@ pub fn register(p: &RegisterParams, progress: &dyn Progress) -> Result<RegisterR
             r
         })
         .collect::<Result<_>>()?;
-    let shape = detected[0].1;
-    if let Some((i, _)) = detected.iter().enumerate().find(|(_, d)| d.1 != shape) {
+    let shape = detected[0].shape;
+    if let Some((i, _)) = detected.iter().enumerate().find(|(_, d)| d.shape != shape) {
         return Err(PipelineError::Invalid(format!(
             "{} is {}×{}, the first frame {}×{}",
             p.inputs[i].display(),
-            detected[i].1.1,
-            detected[i].1.0,
+            detected[i].shape.1,
+            detected[i].shape.0,
             shape.1,
             shape.0
         )));
@@ -304,7 +323,7 @@ pub fn register(p: &RegisterParams, progress: &dyn Progress) -> Result<RegisterR
         })?,
         None => (0..n)
             .max_by(|&a, &b| {
-                let (sa, sb) = (&detected[a].0, &detected[b].0);
+                let (sa, sb) = (&detected[a].stars, &detected[b].stars);
                 sa.len()
                     .cmp(&sb.len())
                     .then(stars::median_fwhm(sb).total_cmp(&stars::median_fwhm(sa)))
@@ -313,46 +332,56 @@ pub fn register(p: &RegisterParams, progress: &dyn Progress) -> Result<RegisterR
     };
     let detect_s = started.elapsed().as_secs_f64();
     let started = Instant::now();
-    let ref_stars = &detected[reference].0;
+    let ref_stars = &detected[reference].stars;
     let mut frames: Vec<FrameRegistration> = detected
         .par_iter()
         .enumerate()
-        .map(|(i, (found, _))| {
-            let roundness = {
-                let mut r: Vec<f32> = found.iter().map(|s| s.roundness as f32).collect();
-                if r.is_empty() {
-                    f64::NAN
+        .map(
+            |(
+                i,
+                Detected {
+                    stars: found,
+                    noise,
+                    ..
+                },
+            )| {
+                let roundness = {
+                    let mut r: Vec<f32> = found.iter().map(|s| s.roundness as f32).collect();
+                    if r.is_empty() {
+                        f64::NAN
+                    } else {
+                        f64::from(crate::science::stats::median_in_place(&mut r))
+                    }
+                };
+                let alignment = if i == reference {
+                    Some(align::Alignment {
+                        transform: crate::science::warp::IDENTITY,
+                        matched: found.len(),
+                        rms_px: 0.0,
+                    })
                 } else {
-                    f64::from(crate::science::stats::median_in_place(&mut r))
+                    align::align(found, ref_stars, p.model)
+                };
+                FrameRegistration {
+                    input: p.inputs[i].clone(),
+                    output: None,
+                    stars: found.len(),
+                    fwhm: stars::median_fwhm(found),
+                    roundness,
+                    noise: *noise,
+                    matched: alignment.as_ref().map(|a| a.matched),
+                    transform: alignment.as_ref().map(|a| a.transform),
+                    rms_px: alignment.as_ref().map(|a| a.rms_px),
+                    dropped: alignment.is_none().then(|| {
+                        format!(
+                            "no match with the reference ({} stars, {} needed in common)",
+                            found.len(),
+                            align::MIN_MATCHES
+                        )
+                    }),
                 }
-            };
-            let alignment = if i == reference {
-                Some(align::Alignment {
-                    transform: crate::science::warp::IDENTITY,
-                    matched: found.len(),
-                    rms_px: 0.0,
-                })
-            } else {
-                align::align(found, ref_stars, p.model)
-            };
-            FrameRegistration {
-                input: p.inputs[i].clone(),
-                output: None,
-                stars: found.len(),
-                fwhm: stars::median_fwhm(found),
-                roundness,
-                matched: alignment.as_ref().map(|a| a.matched),
-                transform: alignment.as_ref().map(|a| a.transform),
-                rms_px: alignment.as_ref().map(|a| a.rms_px),
-                dropped: alignment.is_none().then(|| {
-                    format!(
-                        "no match with the reference ({} stars, {} needed in common)",
-                        found.len(),
-                        align::MIN_MATCHES
-                    )
-                }),
-            }
-        })
+            },
+        )
         .collect();
     progress.report(2 * n as u64, total, "matching");
     reject_worst(&mut frames, reference, p.reject_worst);
@@ -506,6 +535,7 @@ pub struct RegisteredStack {
 pub fn stack_registered(
     report: &RegisterReport,
     method: Method,
+    weights: Weights,
     debayer: Option<DebayerMethod>,
     compute: &dyn Compute,
     memory_budget: usize,
@@ -516,10 +546,10 @@ pub fn stack_registered(
     // Each frame with its output → frame transform.
     let frames: Vec<(Frame, Transform)> = used
         .iter()
-        .map(|(p, t)| {
+        .map(|(f, t)| {
             let inverse =
                 invert(t).ok_or_else(|| PipelineError::Invalid("singular transform".into()))?;
-            Ok((Frame::open(p)?, canvas.output_to_frame(&inverse)))
+            Ok((Frame::open(&f.input)?, canvas.output_to_frame(&inverse)))
         })
         .collect::<Result<_>>()?;
     let first = &frames[0].0.info;
@@ -546,6 +576,7 @@ pub fn stack_registered(
     let whole_adu = frames.iter().all(|(f, _)| f.stores_u16());
     let rows = jobs::band_rows(n * planes, w, h, memory_budget).max(1);
     let coefficients = vec![[Coefficients::IDENTITY; 3]; n];
+    let weights = frame_weights(&used, &frames, weights)?;
     let mut out = Array3::<f32>::zeros((planes, h, w));
     let mut rejected = 0u64;
     let (mut read, mut warp, mut stack) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
@@ -587,7 +618,7 @@ pub fn stack_registered(
                 coefficients: &coefficients,
                 channels: ChannelMap::Plane(c.min(2)),
                 method,
-                weights: None,
+                weights: weights.as_deref(),
             };
             rejected += compute.stack_band(job, out.slice_mut(s![c, y0..y1, ..]))?;
         }
@@ -602,6 +633,62 @@ pub fn stack_registered(
         warp,
         stack,
     })
+}
+
+/// Per used frame: `noise` 1/σ², `quality` 1/(σ²·FWHM²) (σ and FWHM measured while
+/// detecting stars), `exposure` EXPTIME. A frame whose σ or FWHM is unusable gets the median
+/// weight of the others.
+fn frame_weights(
+    used: &[(&FrameRegistration, Transform)],
+    frames: &[(Frame, Transform)],
+    weights: Weights,
+) -> Result<Option<Vec<f32>>> {
+    let raw: Vec<f64> = match weights {
+        Weights::None => return Ok(None),
+        Weights::Exposure => {
+            return frames
+                .iter()
+                .map(|(f, _)| {
+                    f.exposure()
+                        .filter(|e| *e > 0.0)
+                        .map(|e| e as f32)
+                        .ok_or_else(|| {
+                            PipelineError::Invalid(format!(
+                                "{}: weights=exposure needs EXPTIME",
+                                f.path().display()
+                            ))
+                        })
+                })
+                .collect::<Result<Vec<_>>>()
+                .map(Some);
+        }
+        Weights::Noise => used.iter().map(|(f, _)| f.noise.powi(-2)).collect(),
+        Weights::Quality => used
+            .iter()
+            .map(|(f, _)| (f.noise * f.fwhm).powi(-2))
+            .collect(),
+    };
+    let mut usable: Vec<f32> = raw
+        .iter()
+        .filter(|w| w.is_finite() && **w > 0.0)
+        .map(|&w| w as f32)
+        .collect();
+    let fallback = if usable.is_empty() {
+        1.0
+    } else {
+        crate::science::stats::median_in_place(&mut usable)
+    };
+    Ok(Some(
+        raw.iter()
+            .map(|&w| {
+                if w.is_finite() && w > 0.0 {
+                    w as f32
+                } else {
+                    fallback
+                }
+            })
+            .collect(),
+    ))
 }
 
 /// Rounds samples in 0..=65535 to the nearest integer; NaN (no coverage) and anything out of
@@ -683,6 +770,7 @@ pub fn registered_stack(
     } = stack_registered(
         &report,
         params.method,
+        params.weights,
         debayer,
         compute,
         params.memory_budget,

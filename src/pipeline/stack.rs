@@ -49,6 +49,9 @@ pub enum Weights {
     Noise,
     /// Each frame's exposure time.
     Exposure,
+    /// 1 / (σ²·FWHM²): background noise and star sharpness, measured while registering
+    /// (`register=True` only).
+    Quality,
 }
 
 /// What to do with CFA data after stacking.
@@ -107,8 +110,9 @@ pub fn parse_weights(s: &str) -> Result<Weights> {
         "none" => Ok(Weights::None),
         "noise" => Ok(Weights::Noise),
         "exposure" => Ok(Weights::Exposure),
+        "quality" => Ok(Weights::Quality),
         other => Err(PipelineError::Invalid(format!(
-            "weights must be none, noise or exposure, not {other:?}"
+            "weights must be none, noise, exposure or quality, not {other:?}"
         ))),
     }
 }
@@ -196,6 +200,13 @@ pub fn stack(
     compute: &dyn Compute,
     progress: &dyn Progress,
 ) -> Result<StackReport> {
+    if p.weights == Weights::Quality {
+        return Err(PipelineError::Invalid(
+            "weights=quality uses the stars' FWHM, which only registration measures: stack \
+             with register=True"
+                .into(),
+        ));
+    }
     let started = Instant::now();
     let mut phases = Phases::default();
     let t = Instant::now();
@@ -289,6 +300,7 @@ pub fn stack(
             &coefficients,
             channel_count,
         )),
+        Weights::Quality => unreachable!("refused before the first pass"),
     };
 
     // Pass 2: bands.

@@ -172,13 +172,18 @@ pub fn background(img: ArrayView2<f32>, mesh: usize) -> (Array2<f32>, f64) {
 
 /// Detects stars, brightest first.
 pub fn detect(img: ArrayView2<f32>, p: &DetectParams) -> Vec<Star> {
+    detect_with_noise(img, p).0
+}
+
+/// [`detect`], with the image's background noise σ (the median of the mesh cells' robust σ).
+pub fn detect_with_noise(img: ArrayView2<f32>, p: &DetectParams) -> (Vec<Star>, f64) {
     let (h, w) = img.dim();
     let (bg, noise) = background(img, p.mesh);
     let threshold = p.k_sigma * noise.max(1e-9);
     let residual = without_hot_pixels(&(&img - &bg), threshold);
     let border = 4usize;
     if h <= 2 * border || w <= 2 * border {
-        return Vec::new();
+        return (Vec::new(), noise);
     }
     let peaks: Vec<(usize, usize)> = (border..h - border)
         .into_par_iter()
@@ -246,7 +251,7 @@ pub fn detect(img: ArrayView2<f32>, p: &DetectParams) -> Vec<Star> {
             }
         }
     }
-    kept
+    (kept, noise)
 }
 
 /// Replaces isolated spikes (hot pixels, cosmic-ray hits: above the threshold and more than 3×

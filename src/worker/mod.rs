@@ -62,6 +62,7 @@ pub(crate) struct Shared {
     pub rate_limits: rate::RateLimits,
     pub(crate) pool: pool::Pool,
     pub(crate) metrics: crate::metrics::Metrics,
+    pub(crate) gpus: crate::gpu::GpuTelemetry,
     pub started: Instant,
     /// The queues consumed now (`-Q`, then `add_consumer`/`cancel_consumer`).
     queues: Mutex<Vec<QueueSpec>>,
@@ -119,6 +120,11 @@ impl Worker {
             let _ = rate_limits.set(task, rate);
         }
         let events = Events::new(&config.hostname, clock.clone(), config.task_events);
+        let gpus = if config.gpu_telemetry {
+            crate::gpu::GpuTelemetry::init()
+        } else {
+            crate::gpu::GpuTelemetry::off()
+        };
         Ok(Self {
             shared: Arc::new(Shared {
                 config,
@@ -133,6 +139,7 @@ impl Worker {
                 rate_limits,
                 pool,
                 metrics: crate::metrics::Metrics::new(),
+                gpus,
                 started: Instant::now(),
                 queues: Mutex::new(queues),
                 queues_version: AtomicU64::new(0),

@@ -273,6 +273,10 @@ def test_health_and_metrics(tmp_path):
         health = json.loads(body)
         assert code == 200 and health["status"] == "ok" and health["broker"] == "connected"
         assert health["last_heartbeat_s"] < 3 and health["devices"][0].startswith("cpu")
+        # NVML's GPUs: a list where a driver answers, null without one; /metrics then carries
+        # per-GPU gauges exactly when there are GPUs.
+        gpus = health["gpus"]
+        assert gpus is None or all({"index", "name", "memory_total_bytes"} <= g.keys() for g in gpus)
 
         def samples():
             _, text = http(f"{base}/metrics")
@@ -295,6 +299,8 @@ def test_health_and_metrics(tmp_path):
         assert after[("astroworker_task_runtime_seconds_count", echo)] == 1
         assert after[("astroworker_queue_depth", (("queue", "celery"),))] == 0
         assert ("astroworker_queue_depth", (("queue", "fits"),)) in after
+        gpu_series = {name for name, _ in after if name.startswith("astroworker_gpu_")}
+        assert bool(gpu_series) == bool(gpus), (gpu_series, gpus)
 
         server.stop()
         code, body = wait_for(lambda: (lambda r: r if r[0] == 503 else None)(http(f"{base}/health")),
