@@ -67,6 +67,23 @@ impl Frame {
     }
 }
 
+/// `weights=exposure`: each frame's exposure, an error naming a frame without one.
+pub fn exposure_weights<'a>(frames: impl Iterator<Item = &'a Frame>) -> Result<Vec<f32>> {
+    frames
+        .map(|f| {
+            f.exposure()
+                .filter(|e| *e > 0.0)
+                .map(|e| e as f32)
+                .ok_or_else(|| {
+                    PipelineError::Invalid(format!(
+                        "{}: weights=exposure needs EXPTIME",
+                        f.path().display()
+                    ))
+                })
+        })
+        .collect()
+}
+
 /// EXPTIME, or EXPOSURE, in seconds.
 pub fn exposure(info: &ImageInfo) -> Option<f64> {
     let h = &info.header;

@@ -646,21 +646,7 @@ fn frame_weights(
     let raw: Vec<f64> = match weights {
         Weights::None => return Ok(None),
         Weights::Exposure => {
-            return frames
-                .iter()
-                .map(|(f, _)| {
-                    f.exposure()
-                        .filter(|e| *e > 0.0)
-                        .map(|e| e as f32)
-                        .ok_or_else(|| {
-                            PipelineError::Invalid(format!(
-                                "{}: weights=exposure needs EXPTIME",
-                                f.path().display()
-                            ))
-                        })
-                })
-                .collect::<Result<Vec<_>>>()
-                .map(Some);
+            return super::frames::exposure_weights(frames.iter().map(|(f, _)| f)).map(Some);
         }
         Weights::Noise => used.iter().map(|(f, _)| f.noise.powi(-2)).collect(),
         Weights::Quality => used

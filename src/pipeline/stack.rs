@@ -278,23 +278,7 @@ pub fn stack(
     };
     let weights: Option<Vec<f32>> = match p.weights {
         Weights::None => None,
-        Weights::Exposure => Some(
-            frames
-                .frames
-                .iter()
-                .map(|f| {
-                    f.exposure()
-                        .filter(|e| *e > 0.0)
-                        .map(|e| e as f32)
-                        .ok_or_else(|| {
-                            PipelineError::Invalid(format!(
-                                "{}: weights=exposure needs EXPTIME",
-                                f.path().display()
-                            ))
-                        })
-                })
-                .collect::<Result<Vec<_>>>()?,
-        ),
+        Weights::Exposure => Some(super::frames::exposure_weights(frames.frames.iter())?),
         Weights::Noise => Some(noise_weights(
             measures.as_deref().expect("measured for noise weights"),
             &coefficients,
