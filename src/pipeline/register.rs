@@ -336,52 +336,44 @@ pub fn register(p: &RegisterParams, progress: &dyn Progress) -> Result<RegisterR
     let mut frames: Vec<FrameRegistration> = detected
         .par_iter()
         .enumerate()
-        .map(
-            |(
-                i,
-                Detected {
-                    stars: found,
-                    noise,
-                    ..
-                },
-            )| {
-                let roundness = {
-                    let mut r: Vec<f32> = found.iter().map(|s| s.roundness as f32).collect();
-                    if r.is_empty() {
-                        f64::NAN
-                    } else {
-                        f64::from(crate::science::stats::median_in_place(&mut r))
-                    }
-                };
-                let alignment = if i == reference {
-                    Some(align::Alignment {
-                        transform: crate::science::warp::IDENTITY,
-                        matched: found.len(),
-                        rms_px: 0.0,
-                    })
+        .map(|(i, detected)| {
+            let found = &detected.stars;
+            let roundness = {
+                let mut r: Vec<f32> = found.iter().map(|s| s.roundness as f32).collect();
+                if r.is_empty() {
+                    f64::NAN
                 } else {
-                    align::align(found, ref_stars, p.model)
-                };
-                FrameRegistration {
-                    input: p.inputs[i].clone(),
-                    output: None,
-                    stars: found.len(),
-                    fwhm: stars::median_fwhm(found),
-                    roundness,
-                    noise: *noise,
-                    matched: alignment.as_ref().map(|a| a.matched),
-                    transform: alignment.as_ref().map(|a| a.transform),
-                    rms_px: alignment.as_ref().map(|a| a.rms_px),
-                    dropped: alignment.is_none().then(|| {
-                        format!(
-                            "no match with the reference ({} stars, {} needed in common)",
-                            found.len(),
-                            align::MIN_MATCHES
-                        )
-                    }),
+                    f64::from(crate::science::stats::median_in_place(&mut r))
                 }
-            },
-        )
+            };
+            let alignment = if i == reference {
+                Some(align::Alignment {
+                    transform: crate::science::warp::IDENTITY,
+                    matched: found.len(),
+                    rms_px: 0.0,
+                })
+            } else {
+                align::align(found, ref_stars, p.model)
+            };
+            FrameRegistration {
+                input: p.inputs[i].clone(),
+                output: None,
+                stars: found.len(),
+                fwhm: stars::median_fwhm(found),
+                roundness,
+                noise: detected.noise,
+                matched: alignment.as_ref().map(|a| a.matched),
+                transform: alignment.as_ref().map(|a| a.transform),
+                rms_px: alignment.as_ref().map(|a| a.rms_px),
+                dropped: alignment.is_none().then(|| {
+                    format!(
+                        "no match with the reference ({} stars, {} needed in common)",
+                        found.len(),
+                        align::MIN_MATCHES
+                    )
+                }),
+            }
+        })
         .collect();
     progress.report(2 * n as u64, total, "matching");
     reject_worst(&mut frames, reference, p.reject_worst);

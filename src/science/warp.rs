@@ -96,6 +96,10 @@ pub fn warp_band(
         [0.0, 0.0, 1.0],
     ];
     let m = super::align::matmul(&shift, transform);
+    if src.is_empty() {
+        out.fill(f32::NAN);
+        return;
+    }
     if interpolation == Interpolation::Lanczos3
         && let Some(shear) = Shear::of(&m)
     {
