@@ -251,16 +251,8 @@ fn stack_task(env: &FitsEnv, ctx: &TaskContext, a: Args) -> Result<Value, TaskEr
         percentile_low: f32,
         #[serde(default = "percentile_high")]
         percentile_high: f32,
-        #[serde(default = "default_similarity")]
-        transform: String,
-        #[serde(default = "default_lanczos3")]
-        interpolation: String,
-        #[serde(default)]
-        reject_worst: f64,
-        #[serde(default)]
-        reference: Option<String>,
-        #[serde(default = "default_reference")]
-        framing: String,
+        #[serde(flatten)]
+        registration: RegistrationArgs,
     }
     let p: P = a.bind(
         "fits.stack",
@@ -325,18 +317,7 @@ fn stack_task(env: &FitsEnv, ctx: &TaskContext, a: Args) -> Result<Value, TaskEr
         memory_budget: stack::DEFAULT_MEMORY_BUDGET,
     };
     if p.register {
-        let registration = register_params(
-            env,
-            params.inputs.clone(),
-            None,
-            RegistrationArgs {
-                reference: p.reference.as_deref(),
-                transform: &p.transform,
-                interpolation: &p.interpolation,
-                reject_worst: p.reject_worst,
-                framing: &p.framing,
-            },
-        )?;
+        let registration = register_params(env, params.inputs.clone(), None, &p.registration)?;
         return register::registered_stack(
             &params,
             &registration,
@@ -359,16 +340,8 @@ fn register_task(env: &FitsEnv, ctx: &TaskContext, a: Args) -> Result<Value, Tas
         inputs: Inputs,
         #[serde(default)]
         output_dir: Option<String>,
-        #[serde(default)]
-        reference: Option<String>,
-        #[serde(default = "default_similarity")]
-        transform: String,
-        #[serde(default = "default_lanczos3")]
-        interpolation: String,
-        #[serde(default)]
-        reject_worst: f64,
-        #[serde(default = "default_reference")]
-        framing: String,
+        #[serde(flatten)]
+        registration: RegistrationArgs,
     }
     let p: P = a.bind(
         "fits.register",
@@ -392,69 +365,63 @@ fn register_task(env: &FitsEnv, ctx: &TaskContext, a: Args) -> Result<Value, Tas
         .map(|d| env.roots.output(Path::new(d)))
         .transpose()
         .map_err(path_error)?;
-    let params = register_params(
-        env,
-        inputs,
-        output_dir,
-        RegistrationArgs {
-            reference: p.reference.as_deref(),
-            transform: &p.transform,
-            interpolation: &p.interpolation,
-            reject_worst: p.reject_worst,
-            framing: &p.framing,
-        },
-    )?;
+    let params = register_params(env, inputs, output_dir, &p.registration)?;
     let report = register::register(&params, &TaskProgress::new(ctx)).map_err(pipeline_error)?;
     Ok(report.to_json())
 }
 
-/// The registration kwargs `fits.stack` and `fits.register` share, as the caller gave them.
-struct RegistrationArgs<'a> {
-    reference: Option<&'a str>,
-    transform: &'a str,
-    interpolation: &'a str,
+/// The registration kwargs `fits.stack` and `fits.register` share (flattened into both
+/// argument structs; each task still lists their names for binding).
+#[derive(Deserialize)]
+struct RegistrationArgs {
+    #[serde(default)]
+    reference: Option<String>,
+    #[serde(default = "default_similarity")]
+    transform: String,
+    #[serde(default = "default_lanczos3")]
+    interpolation: String,
+    #[serde(default)]
     reject_worst: f64,
-    framing: &'a str,
+    #[serde(default = "default_reference")]
+    framing: String,
 }
 
 fn register_params(
     env: &FitsEnv,
     inputs: Vec<PathBuf>,
     output_dir: Option<PathBuf>,
-    a: RegistrationArgs,
+    a: &RegistrationArgs,
 ) -> Result<register::RegisterParams, TaskError> {
-    let RegistrationArgs {
-        reference,
-        transform,
-        interpolation,
-        reject_worst,
-        framing,
-    } = a;
     Ok(register::RegisterParams {
         inputs,
         output_dir,
-        reference: reference
+        reference: a
+            .reference
+            .as_deref()
             .map(|r| env.roots.input(Path::new(r)))
             .transpose()
             .map_err(path_error)?,
-        model: Model::parse(transform).ok_or_else(|| {
+        model: Model::parse(&a.transform).ok_or_else(|| {
             TaskError::value_error(format!(
-                "transform must be shift, similarity, affine or homography, not {transform:?}"
+                "transform must be shift, similarity, affine or homography, not {:?}",
+                a.transform
             ))
         })?,
-        interpolation: Interpolation::parse(interpolation).ok_or_else(|| {
+        interpolation: Interpolation::parse(&a.interpolation).ok_or_else(|| {
             TaskError::value_error(format!(
-                "interpolation must be bilinear, bicubic or lanczos3, not {interpolation:?}"
+                "interpolation must be bilinear, bicubic or lanczos3, not {:?}",
+                a.interpolation
             ))
         })?,
-        reject_worst: if (0.0..1.0).contains(&reject_worst) {
-            reject_worst
+        reject_worst: if (0.0..1.0).contains(&a.reject_worst) {
+            a.reject_worst
         } else {
             return Err(TaskError::value_error("reject_worst must be in [0, 1)"));
         },
-        framing: register::Framing::parse(framing).ok_or_else(|| {
+        framing: register::Framing::parse(&a.framing).ok_or_else(|| {
             TaskError::value_error(format!(
-                "framing must be reference, union or intersection, not {framing:?}"
+                "framing must be reference, union or intersection, not {:?}",
+                a.framing
             ))
         })?,
     })
