@@ -214,6 +214,24 @@ fn pixel_fraction(i: i64, c: f64, sigma: f64) -> f64 {
     0.5 * (erf((i as f64 + 0.5 - c) / s) - erf((i as f64 - 0.5 - c) / s))
 }
 
+/// Stars `(x, y, flux)` given in reference pixels, where a frame whose frame → reference
+/// transform is `to_reference` sees them (`None` when the transform is singular).
+pub fn stars_in_frame(
+    sky: &[(f64, f64, f64)],
+    to_reference: &crate::science::warp::Transform,
+) -> Option<Vec<(f64, f64, f64)>> {
+    use crate::science::align::{apply, invert};
+    let to_frame = invert(to_reference)?;
+    Some(
+        sky.iter()
+            .map(|&(x, y, flux)| {
+                let (fx, fy) = apply(&to_frame, x, y);
+                (fx, fy, flux)
+            })
+            .collect(),
+    )
+}
+
 /// A mono frame of Gaussian stars `(x, y, flux)` of the given FWHM, integrated over pixel
 /// areas, on a flat background with Gaussian noise (σ = `noise`, none when 0): frames with
 /// known star positions for the registration tests.

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 
 use astroworker::compute::Devices;
 use astroworker::fits::{Header, OutputType, write_image};
-use astroworker::fixtures::mono_star_frame;
+use astroworker::fixtures::{mono_star_frame, stars_in_frame};
 use astroworker::pipeline::NoProgress;
 use astroworker::pipeline::register::{self, Framing, RegisterParams};
 use astroworker::pipeline::stack::{DebayerChoice, StackParams, Weights};
-use astroworker::science::align::{Model, apply, distance, invert};
+use astroworker::science::align::{Model, distance};
 use astroworker::science::normalize::Normalization;
 use astroworker::science::stack::Method;
 use astroworker::science::stars::{self, DetectParams};
@@ -71,14 +71,7 @@ fn synthetic_frames_with_noise(
                 (W as f64 / 2.0, H as f64 / 2.0),
             )
         };
-        let to_frame = invert(&truth).unwrap();
-        let stars: Vec<(f64, f64, f64)> = sky
-            .iter()
-            .map(|&(x, y, f)| {
-                let (fx, fy) = apply(&to_frame, x, y);
-                (fx, fy, f)
-            })
-            .collect();
+        let stars = stars_in_frame(&sky, &truth).unwrap();
         let mut img = render(&stars, noise(k), 100 + k);
         for _ in 0..5 {
             let (y, x) = (rng.random_range(0..H), rng.random_range(0..W));

@@ -404,7 +404,7 @@ fn least_squares(rows: &[Vec<f64>], b: &[f64]) -> Option<Vec<f64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fixtures::mono_star_frame as render;
+    use crate::fixtures::{mono_star_frame as render, stars_in_frame};
     use crate::science::stars::{DetectParams, detect};
     use crate::science::warp::similarity;
     use rand::{Rng, SeedableRng};
@@ -446,14 +446,7 @@ mod tests {
                 scale,
                 (w as f64 / 2.0, h as f64 / 2.0),
             );
-            let to_frame = invert(&truth).unwrap();
-            let stars: Vec<(f64, f64, f64)> = sky
-                .iter()
-                .map(|&(x, y, f)| {
-                    let (fx, fy) = apply(&to_frame, x, y);
-                    (fx, fy, f)
-                })
-                .collect();
+            let stars = stars_in_frame(&sky, &truth).unwrap();
             let img = render((h, w), &stars, 3.2, 200.0, 6.0, 10 + k as u64);
             let found = detect(img.view(), &DetectParams::default());
             for model in [Model::Similarity, Model::Affine] {
