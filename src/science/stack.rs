@@ -690,6 +690,10 @@ fn weighted_mean(samples: impl Iterator<Item = (f32, f64, bool)> + Clone) -> f32
     } else {
         let (sum, count) =
             sum_pairs(samples.map(|(x, _, keep)| kept_terms(keep, (f64::from(x), 1.0))));
+        // Not 0 / 0: that NaN has its sign bit set on x86, unlike every other NaN of a stack.
+        if count == 0.0 {
+            return f32::NAN;
+        }
         sum / count
     };
     mean as f32
