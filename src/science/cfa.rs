@@ -10,17 +10,21 @@
 //! - [`DebayerMethod::Vng`]: Variable Number of Gradients (Chang, Cheung & Pang, 1999), edge-aware;
 //!   the algorithm as implemented is described on `VngKernel` below.
 //! - [`DebayerMethod::Rcd`]: Ratio Corrected Demosaicing (Luis Sanz Rodríguez, 2017), the
-//!   default of Siril and RawTherapee; the algorithm as implemented is described on
-//!   `RcdKernel` below.
+//!   default of Siril and RawTherapee; the algorithm as implemented is described in the
+//!   `rcd` module.
 //! - [`DebayerMethod::Superpixel`]: one RGB pixel per 2×2 cell, half size.
 //!
 //! Borders use only the neighbours that exist (no replicated or mirrored edges), and NaN pixels
 //! count as missing, so a flat mosaic gives exactly the same flat value in every channel,
 //! corners included. VNG and RCD need a neighbourhood around each pixel (2 and 10 pixels);
 //! closer to the border, or next to a NaN, they fall back to bilinear. The output is
-//! `(3, H, W)` in R, G, B order, computed in parallel by rows (RCD: one plane per step, each
-//! by rows), and each output pixel depends only on the input (deterministic, no accumulation order
-//! across threads): the reference for a GPU port.
+//! `(3, H, W)` in R, G, B order, computed in parallel by rows (RCD: by strips of rows, one
+//! plane per step within each strip), and each output pixel depends only on the input
+//! (deterministic, no accumulation order across threads): the reference for a GPU port.
+
+mod rcd;
+
+pub(crate) use rcd::RCD_RADIUS;
 
 use ndarray::{Array3, ArrayView2};
 use rayon::prelude::*;
@@ -205,10 +209,7 @@ pub fn debayer(
             let kernel = VngKernel::new(pattern, width);
             m.interpolate(|m, x, y| kernel.pixel(m, x, y))
         }
-        DebayerMethod::Rcd => {
-            let kernel = RcdKernel::new(&m, pattern);
-            m.interpolate(|m, x, y| kernel.pixel(m, x, y))
-        }
+        DebayerMethod::Rcd => rcd::rcd(&m, pattern),
         DebayerMethod::Superpixel => m.superpixel(),
     }
 }
@@ -308,17 +309,26 @@ fn rgb_by_rows<F>(height: usize, width: usize, fill: F) -> Array3<f32>
 where
     F: Fn(usize, &mut [f32], &mut [f32], &mut [f32]) + Sync,
 {
+    rgb_by_strips(height, width, 1, fill)
+}
+
+/// Builds `(3, height, width)` planes in parallel by strips of `rows` rows (the last may be
+/// shorter): `fill(y0, red, green, blue)` writes the strip starting at row y0 of each plane.
+fn rgb_by_strips<F>(height: usize, width: usize, rows: usize, fill: F) -> Array3<f32>
+where
+    F: Fn(usize, &mut [f32], &mut [f32], &mut [f32]) + Sync,
+{
     let plane = height * width;
     let mut out = vec![0.0f32; 3 * plane];
     let (red, rest) = out.split_at_mut(plane);
     let (green, blue) = rest.split_at_mut(plane);
     // Chunks of at least 1 so that an empty image has no rows rather than a panic.
-    let rows = width.max(1);
-    red.par_chunks_mut(rows)
-        .zip(green.par_chunks_mut(rows))
-        .zip(blue.par_chunks_mut(rows))
+    let chunk = (rows * width).max(1);
+    red.par_chunks_mut(chunk)
+        .zip(green.par_chunks_mut(chunk))
+        .zip(blue.par_chunks_mut(chunk))
         .enumerate()
-        .for_each(|(y, ((r, g), b))| fill(y, r, g, b));
+        .for_each(|(i, ((r, g), b))| fill(i * rows, r, g, b));
     Array3::from_shape_vec((3, height, width), out).expect("3 planes of height × width")
 }
 
@@ -689,332 +699,6 @@ fn finite_window(m: &Mosaic, x: usize, y: usize) -> Option<Window> {
         chunk.copy_from_slice(&m.data[start..start + 5]);
     }
     window.iter().all(|v| v.is_finite()).then_some(window)
-}
-
-/// How far RCD reaches: the RCD value of a pixel depends on the mosaic within this Chebyshev
-/// distance of it. The red and blue of a green pixel (step 5 of [`RcdKernel`]) read the
-/// step-4 values of sites up to 3 pixels away, each of which reads the mosaic up to 7 pixels
-/// further (the step-3 greens 2 pixels away diagonally, 5 more).
-pub(crate) const RCD_RADIUS: usize = 10;
-
-/// RCD's tolerance against division by zero, relative to the largest magnitude in the mosaic:
-/// the reference's `1e-5` for data normalised to [0, 1].
-const RCD_EPS: f32 = 1e-5;
-
-/// The colour-difference high-pass filter of RCD's directional statistics: taps at −3..=3
-/// steps along a row, column or diagonal. Colours alternate along such a line, and the taps of
-/// each colour (at 0, ±2 and at ±1, ±3) sum to zero: a constant added to one colour (a colour
-/// cast) does not change the response, only structure does.
-const RCD_HIGH_PASS: [f32; 7] = [1.0, -3.0, -1.0, 6.0, -1.0, -3.0, 1.0];
-
-/// Ratio Corrected Demosaicing (Luis Sanz Rodríguez, RCD release 2.3, 2017), Siril's and
-/// RawTherapee's default, written from the published description. Offsets t are directions
-/// between neighbouring pixels (N, S, W, E or the diagonals); `v(t)` is the mosaic at that
-/// offset from the pixel p being computed, 0 being p itself; "sites" are the red and blue
-/// pixels; `ε = RCD_EPS · s`, s the largest finite |value| of the mosaic. Each step is a plane
-/// of the image's size, computed in parallel by rows from the planes before it.
-///
-/// 1. **Directional statistics** at every pixel: along a line with step d,
-///    `stat_d = Σ_{j=−1..1} (HP_d(p + j·d) / s)²` (at least ε²/s²), where `HP_d` is
-///    [`RCD_HIGH_PASS`] along the line. `vh = stat_V / (stat_V + stat_H)` is close to 1 across
-///    a horizontal edge (interpolate horizontally) and to 0 across a vertical one; at sites,
-///    `pq = stat_P / (stat_P + stat_Q)` does the same for the diagonals (P: NW–SE, Q: NE–SW).
-///    Where used, each is *refined*: replaced by the mean of its four diagonal neighbours when
-///    that mean is further from ½ (more decided).
-/// 2. **Low-pass filter** at sites: `L = [1 2 1; 2 4 2; 1 2 1] / 16` over the mosaic, a grey
-///    level mixing the three colours.
-/// 3. **Green at sites.** In each cardinal direction t, the green neighbour corrected by the
-///    ratio of grey levels, `v(t) · (1 + (L(0) − L(2t)) / (ε + |L(0)| + |L(2t)|))`, with the
-///    gradient `ε + |v(t) − v(−t)| + |v(0) − v(2t)| + |v(t) − v(3t)| + |v(2t) − v(4t)|`.
-///    Opposite directions are blended with weights inversely proportional to their gradients
-///    into a vertical and a horizontal estimate V and H; green is `V + vh · (H − V)`.
-/// 4. **Blue at red sites, red at blue sites** (the colour c measured at the diagonal
-///    neighbours): in each diagonal direction t the colour difference `c(t) − G(t)`, with the
-///    gradient `ε + |c(t) − c(−t)| + |c(t) − c(3t)| + |G(0) − G(2t)|` (G from step 3); blended
-///    as in step 3 into P and Q; the value is `G + P + pq · (Q − P)`.
-/// 5. **Red and blue at green pixels**: the same colour differences and gradients in the
-///    cardinal directions, reading red and blue at the neighbouring sites (measured, or from
-///    step 4), blended by `vh`.
-///
-/// Measured values are kept. ε and the statistics follow the data's scale, so that scaling the
-/// mosaic scales the result (up to rounding), like the reference on 16-bit data in [0, 1].
-/// Pixels closer than [`RCD_RADIUS`] to the border, or with a non-finite value within that
-/// distance, take the bilinear value (Siril takes bilinear for its outer 9 pixels).
-///
-/// Where it differs from the reference code Siril 1.0.6 runs (librtprocess' tiled RCD):
-/// - The ratio's denominator takes |L|, so that dark-subtracted data with negative values
-///   keeps it bounded (correction factor in [0, 2], as for non-negative data); the reference
-///   clamps its input to [0, 1] (×65536) and its output at 0 instead.
-/// - The ratio correction is release 2.3's `1 + ΔL / (ε + ΣL)`, exact on flat data; the
-///   reference now computes `2·L(0) / (ε + L(0) + L(2t))` with L four times larger.
-/// - The diagonal statistics sum the high-pass at the three sites on the diagonal through p.
-///   The reference stores its diagonal high-pass at half resolution, evaluated at odd columns
-///   only, and reads it back as if at the sites: depending on the row, the centre or the two
-///   outer terms come from the green pixels beside them. On the Seestar subs this is the whole
-///   difference in red and blue (correlation 0.992–0.998 with it, 0.99999 when emulated).
-/// - No 16-bit rounding, no tiles (the reference's tile edges leave a trace 9 pixels in).
-struct RcdKernel {
-    /// `vh` of step 1 at every pixel at least 4 from the edges.
-    vh: Vec<f32>,
-    /// Green at every pixel at least 5 from the edges: measured, or step 3 at sites.
-    green: Vec<f32>,
-    /// At sites at least 7 from the edges: step 4, the one of red and blue not measured there.
-    opposite: Vec<f32>,
-    eps: f32,
-    /// Whether a non-finite value lies within [`RCD_RADIUS`] of each pixel; `None` when the
-    /// mosaic has none.
-    near_nonfinite: Option<Vec<bool>>,
-    bilinear: BilinearKernel,
-}
-
-impl RcdKernel {
-    /// Runs steps 1 to 4 over the mosaic; [`RcdKernel::pixel`] does step 5.
-    fn new(m: &Mosaic, pattern: BayerPattern) -> Self {
-        let (data, w) = (m.data, m.width as isize);
-        let scale = data
-            .par_iter()
-            .filter(|v| v.is_finite())
-            .map(|v| v.abs())
-            .reduce(|| 0.0, f32::max)
-            .max(f32::MIN_POSITIVE);
-        let (eps, unit) = (RCD_EPS * scale, scale.recip());
-        let is_site = |x, y| m.color(x, y) != Color::Green;
-
-        // Step 1, vertical/horizontal.
-        let vh = {
-            let vertical = rcd_plane(m, 3, |_, _, i| squared_high_pass(data, i, w, unit));
-            let horizontal = rcd_plane(m, 3, |_, _, i| squared_high_pass(data, i, 1, unit));
-            rcd_plane(m, 4, |_, _, i| {
-                discrimination(&vertical, &horizontal, i, w, 1)
-            })
-        };
-        // Steps 2 and 3.
-        let low_pass = rcd_plane(m, 1, |x, y, i| {
-            if is_site(x, y) {
-                low_pass(data, i, w)
-            } else {
-                f32::NAN
-            }
-        });
-        let green = rcd_plane(m, 5, |x, y, i| {
-            if !is_site(x, y) {
-                return data[i];
-            }
-            let side = |t| ratio_side(data, &low_pass, i, t, eps);
-            let vertical = blend(side(-w), side(w));
-            let horizontal = blend(side(-1), side(1));
-            vertical + refined(&vh, i, w) * (horizontal - vertical)
-        });
-        drop(low_pass);
-        // Step 1, diagonals (at sites: their diagonal neighbours are sites too), and step 4.
-        let pq = {
-            let at_sites = |step| {
-                rcd_plane(m, 3, |x, y, i| {
-                    if is_site(x, y) {
-                        squared_high_pass(data, i, step, unit)
-                    } else {
-                        f32::NAN
-                    }
-                })
-            };
-            let (p, q) = (at_sites(w + 1), at_sites(w - 1));
-            rcd_plane(m, 4, |x, y, i| {
-                if is_site(x, y) {
-                    discrimination(&p, &q, i, w + 1, w - 1)
-                } else {
-                    f32::NAN
-                }
-            })
-        };
-        let opposite = rcd_plane(m, 7, |x, y, i| {
-            if !is_site(x, y) {
-                return f32::NAN;
-            }
-            let side = |t| difference_side(data, &green, i, t, eps);
-            let p = blend(side(-(w + 1)), side(w + 1));
-            let q = blend(side(-(w - 1)), side(w - 1));
-            green[i] + p + refined(&pq, i, w) * (q - p)
-        });
-        RcdKernel {
-            vh,
-            green,
-            opposite,
-            eps,
-            near_nonfinite: near_nonfinite(m, RCD_RADIUS),
-            bilinear: BilinearKernel::new(pattern, m.width),
-        }
-    }
-
-    /// The output pixel: step 5 at green pixels, the planes of steps 3 and 4 at sites,
-    /// bilinear near the border and near non-finite values.
-    fn pixel(&self, m: &Mosaic, x: usize, y: usize) -> [f32; 3] {
-        let r = RCD_RADIUS;
-        let i = y * m.width + x;
-        let inside = x >= r && y >= r && x + r < m.width && y + r < m.height;
-        if !inside || self.near_nonfinite.as_ref().is_some_and(|near| near[i]) {
-            return self.bilinear.pixel(m, x, y);
-        }
-        let value = m.data[i];
-        match m.color(x, y) {
-            Color::Red => [value, self.green[i], self.opposite[i]],
-            Color::Blue => [self.opposite[i], self.green[i], value],
-            Color::Green => {
-                let w = m.width as isize;
-                let vh = refined(&self.vh, i, w);
-                // The colour measured in the pixel's row, given where it is read from along
-                // the column (the other sites: `opposite`) and along the row (the mosaic), or
-                // the colour measured in its column, the other way round.
-                let estimate = |along_column: &[f32], along_row: &[f32]| {
-                    let side = |plane, t| difference_side(plane, &self.green, i, t, self.eps);
-                    let vertical = blend(side(along_column, -w), side(along_column, w));
-                    let horizontal = blend(side(along_row, -1), side(along_row, 1));
-                    value + vertical + vh * (horizontal - vertical)
-                };
-                let in_row = estimate(&self.opposite, m.data);
-                let in_column = estimate(m.data, &self.opposite);
-                if m.color(x + 1, y) == Color::Red {
-                    [in_row, value, in_column]
-                } else {
-                    [in_column, value, in_row]
-                }
-            }
-        }
-    }
-}
-
-/// A plane of the mosaic's size, computed in parallel by rows: `value(x, y, index)` at the
-/// pixels at least `margin` from every edge, NaN (not computed) elsewhere.
-fn rcd_plane<F>(m: &Mosaic, margin: usize, value: F) -> Vec<f32>
-where
-    F: Fn(usize, usize, usize) -> f32 + Sync,
-{
-    let mut plane = vec![f32::NAN; m.width * m.height];
-    let columns = margin..m.width.saturating_sub(margin);
-    // Chunks of at least 1 so that an empty image has no rows rather than a panic.
-    plane
-        .par_chunks_mut(m.width.max(1))
-        .enumerate()
-        .filter(|(y, _)| *y >= margin && y + margin < m.height)
-        .for_each(|(y, row)| {
-            for x in columns.clone() {
-                row[x] = value(x, y, y * m.width + x);
-            }
-        });
-    plane
-}
-
-/// The index `offset` elements away from `i` (an offset `dy · width + dx`).
-fn shifted(i: usize, offset: isize) -> usize {
-    i.wrapping_add_signed(offset)
-}
-
-/// RCD step 1: `(HP / s)²` at index i along the line with the given index step (V: width,
-/// H: 1, P: width + 1, Q: width − 1); `unit` = 1 / s, the data's scale.
-fn squared_high_pass(data: &[f32], i: usize, step: isize, unit: f32) -> f32 {
-    let high_pass: f32 = RCD_HIGH_PASS
-        .iter()
-        .zip(-3isize..)
-        .map(|(&tap, k)| tap * data[shifted(i, k * step)])
-        .sum();
-    (high_pass * unit).powi(2)
-}
-
-/// RCD step 1: `stat_a / (stat_a + stat_b)` at index i, from the planes of squared high-pass
-/// responses along two lines and their index steps.
-fn discrimination(a: &[f32], b: &[f32], i: usize, step_a: isize, step_b: isize) -> f32 {
-    let statistic = |squares: &[f32], step: isize| {
-        let sum = squares[shifted(i, -step)] + squares[i] + squares[shifted(i, step)];
-        sum.max(RCD_EPS * RCD_EPS)
-    };
-    let (a, b) = (statistic(a, step_a), statistic(b, step_b));
-    a / (a + b)
-}
-
-/// RCD step 2: the 3×3 low-pass `[1 2 1; 2 4 2; 1 2 1] / 16` at index i.
-fn low_pass(data: &[f32], i: usize, w: isize) -> f32 {
-    let v = |offset| data[shifted(i, offset)];
-    0.25 * v(0)
-        + 0.125 * (v(-w) + v(w) + v(-1) + v(1))
-        + 0.0625 * (v(-w - 1) + v(-w + 1) + v(w - 1) + v(w + 1))
-}
-
-/// A step-1 statistic at index i refined by its neighbourhood: the mean of its four diagonal
-/// neighbours when that is further from ½, else its own value.
-fn refined(statistic: &[f32], i: usize, w: isize) -> f32 {
-    let own = statistic[i];
-    let around = 0.25
-        * (statistic[shifted(i, -w - 1)]
-            + statistic[shifted(i, -w + 1)]
-            + statistic[shifted(i, w - 1)]
-            + statistic[shifted(i, w + 1)]);
-    if (0.5 - own).abs() < (0.5 - around).abs() {
-        around
-    } else {
-        own
-    }
-}
-
-/// RCD step 3 in direction t (an index step) from the site at index i: the ratio-corrected
-/// green estimate and its gradient.
-fn ratio_side(data: &[f32], low_pass: &[f32], i: usize, t: isize, eps: f32) -> (f32, f32) {
-    let v = |k: isize| data[shifted(i, k * t)];
-    let (here, there) = (low_pass[i], low_pass[shifted(i, 2 * t)]);
-    let estimate = v(1) * (1.0 + (here - there) / (eps + here.abs() + there.abs()));
-    let gradient = eps
-        + (v(1) - v(-1)).abs()
-        + (v(0) - v(2)).abs()
-        + (v(1) - v(3)).abs()
-        + (v(2) - v(4)).abs();
-    (estimate, gradient)
-}
-
-/// RCD steps 4 and 5 in direction t (an index step) from index i: the colour difference
-/// `c(t) − G(t)` and its gradient, with c read from `chroma` at the odd multiples of t.
-fn difference_side(chroma: &[f32], green: &[f32], i: usize, t: isize, eps: f32) -> (f32, f32) {
-    let c = |k: isize| chroma[shifted(i, k * t)];
-    let g = |k: isize| green[shifted(i, k * t)];
-    let gradient = eps + (c(1) - c(-1)).abs() + (c(1) - c(3)).abs() + (g(0) - g(2)).abs();
-    (c(1) - g(1), gradient)
-}
-
-/// Blends the `(estimate, gradient)` of two opposite directions with weights inversely
-/// proportional to the gradients, written so that equal estimates come out exactly.
-fn blend((a, gradient_a): (f32, f32), (b, gradient_b): (f32, f32)) -> f32 {
-    a + gradient_a / (gradient_a + gradient_b) * (b - a)
-}
-
-/// For each pixel, whether a non-finite value lies within `radius` of it (Chebyshev
-/// distance); `None` when the mosaic has none. A row pass then a column pass.
-fn near_nonfinite(m: &Mosaic, radius: usize) -> Option<Vec<bool>> {
-    if m.data.par_iter().all(|v| v.is_finite()) {
-        return None;
-    }
-    let (w, h) = (m.width, m.height);
-    let mut in_row = vec![false; w * h];
-    in_row
-        .par_chunks_mut(w)
-        .zip(m.data.par_chunks(w))
-        .for_each(|(out, row)| {
-            // count[x] = number of non-finite values before column x.
-            let count: Vec<usize> = std::iter::once(0)
-                .chain(row.iter().scan(0, |n, v| {
-                    *n += usize::from(!v.is_finite());
-                    Some(*n)
-                }))
-                .collect();
-            for (x, near) in out.iter_mut().enumerate() {
-                *near = count[(x + radius + 1).min(w)] > count[x.saturating_sub(radius)];
-            }
-        });
-    let mut near = vec![false; w * h];
-    near.par_chunks_mut(w).enumerate().for_each(|(y, out)| {
-        for row in in_row[y.saturating_sub(radius) * w..(y + radius + 1).min(h) * w].chunks(w) {
-            for (near, &here) in out.iter_mut().zip(row) {
-                *near |= here;
-            }
-        }
-    });
-    Some(near)
 }
 
 #[cfg(test)]
