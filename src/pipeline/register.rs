@@ -515,7 +515,8 @@ pub struct RegisteredStack {
     pub image: Array3<f32>,
     pub header: crate::fits::Header,
     pub rejected: u64,
-    /// Time spent reading and debayering source rows, resampling them, and stacking bands.
+    /// Time spent reading and debayering source rows and resampling them (summed over the
+    /// frames, which are processed in parallel: thread time, not elapsed), and stacking bands.
     pub read: Duration,
     pub warp: Duration,
     pub stack: Duration,
@@ -577,29 +578,36 @@ pub fn stack_registered(
         progress.checkpoint()?;
         let y1 = (y0 + rows).min(h);
         let mut band = Array3::<f32>::from_elem((planes * n, y1 - y0, w), f32::NAN);
-        // Frame by frame (each resampling is parallel inside).
-        for (i, (frame, inverse)) in frames.iter().enumerate() {
-            let (s0, s1) = source_rows(inverse, y0, y1, w, frame_h);
-            if s0 == s1 {
-                continue;
-            }
-            let started = Instant::now();
-            let sources = band_sources(frame, s0, s1, debayer)?;
-            read += started.elapsed();
-            let started = Instant::now();
-            // This frame's planes are band planes i, n + i, 2n + i, …
-            warp_band(
-                sources.view(),
-                s0,
-                inverse,
-                report.interpolation,
-                y0,
-                band.slice_mut(s![i..;n, .., ..]),
-            );
-            if whole_adu {
-                round_to_adu(band.slice_mut(s![i..;n, .., ..]));
-            }
-            warp += started.elapsed();
+        // Frames in parallel (and each debayer and resampling parallel inside, for the cores
+        // left over): frame i's planes are band planes i, n + i, 2n + i, …
+        let mut by_frame = band
+            .view_mut()
+            .into_shape_with_order((planes, n, y1 - y0, w))
+            .expect("band planes are plane-major, then frame");
+        let times = by_frame
+            .axis_iter_mut(Axis(1))
+            .into_par_iter()
+            .zip(&frames)
+            .map(|(mut out, (frame, inverse))| {
+                let (s0, s1) = source_rows(inverse, y0, y1, w, frame_h);
+                if s0 == s1 {
+                    return Ok((Duration::ZERO, Duration::ZERO));
+                }
+                let started = Instant::now();
+                let sources = band_sources(frame, s0, s1, debayer)?;
+                let read = started.elapsed();
+                let started = Instant::now();
+                let interpolation = report.interpolation;
+                warp_band(sources.view(), s0, inverse, interpolation, y0, out.view_mut());
+                if whole_adu {
+                    round_to_adu(out);
+                }
+                Ok((read, started.elapsed()))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for (r, w) in times {
+            read += r;
+            warp += w;
         }
         let started = Instant::now();
         for c in 0..planes {
