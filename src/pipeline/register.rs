@@ -597,8 +597,14 @@ pub fn stack_registered(
                 let sources = band_sources(frame, s0, s1, debayer)?;
                 let read = started.elapsed();
                 let started = Instant::now();
-                let interpolation = report.interpolation;
-                warp_band(sources.view(), s0, inverse, interpolation, y0, out.view_mut());
+                warp_band(
+                    sources.view(),
+                    s0,
+                    inverse,
+                    report.interpolation,
+                    y0,
+                    out.view_mut(),
+                );
                 if whole_adu {
                     round_to_adu(out);
                 }
