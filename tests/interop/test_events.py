@@ -98,13 +98,15 @@ def test_task_and_worker_events(app, fleet, collector):
     assert failed["exception"] == "DiagnosticError('boom')"
     assert "DiagnosticError" in failed["traceback"]
 
-    wait_for(lambda: collector.types(retried.id)[-1:] == ["task-succeeded"], 10, "retried run")
+    wait_for(lambda: len(collector.types(retried.id)) == 6, 10, "the retried task's 6 events")
     # The retry message is published before task-retried, so with countdown 0 the second
-    # run's task-received may come first (as with a Python worker).
+    # run's events may come before it, task-succeeded included on a loaded machine (as with
+    # a Python worker, whose other process may run the retry meanwhile).
     kinds = collector.types(retried.id)
     assert sorted(kinds) == sorted(["task-received", "task-started", "task-retried",
                                     "task-received", "task-started", "task-succeeded"])
-    assert kinds[:2] == ["task-received", "task-started"] and kinds[-1] == "task-succeeded"
+    assert kinds[:2] == ["task-received", "task-started"]
+    assert kinds.index("task-succeeded") > len(kinds) - 1 - kinds[::-1].index("task-started")
     received_again = [e for e in collector.of(retried.id) if e["type"] == "task-received"]
     assert [e["retries"] for e in received_again] == [0, 1]
 
