@@ -189,10 +189,11 @@ fn strip(m: &Mosaic, c: &Context, y0: usize, out: [&mut [f32]; 3], scratch: &mut
         opposite,
         &local,
         7,
-        &Opposite {
-            data,
+        &ColourDifference {
+            lines: [(data, P), (data, Q)],
             green,
-            pq,
+            statistic: pq,
+            base: green,
             w,
             eps,
         },
@@ -252,12 +253,11 @@ fn output_row(
     let [in_row, in_column] = [site_color, 2 - site_color];
     for (plane, along_column, along_row) in [(in_row, opposite, data), (in_column, data, opposite)]
     {
-        let step = AtGreen {
-            data,
-            along_column,
-            along_row,
+        let step = ColourDifference {
+            lines: [(along_column, DOWN), (along_row, RIGHT)],
             green,
-            vh,
+            statistic: vh,
+            base: data,
             w,
             eps,
         };
@@ -478,72 +478,43 @@ impl Step for Green<'_> {
     }
 }
 
-/// Step 4: at sites, the one of red and blue not measured there.
-struct Opposite<'a> {
-    data: &'a [f32],
+/// Steps 4 and 5: `base + A + stat · (B − A)`, where A and B are the colour differences read
+/// along two lines (each from its own chroma plane) and blended, and `stat` the refined
+/// step-1 statistic that chooses between them.
+///
+/// - Step 4, at sites: chroma the mosaic along P and Q, `pq`, base the step-3 green.
+/// - Step 5, at green pixels: chroma along the column and along the row (the mosaic for one,
+///   step 4's plane for the other), `vh`, base the mosaic (the green measured there).
+struct ColourDifference<'a> {
+    lines: [(&'a [f32], Dir); 2],
     green: &'a [f32],
-    pq: &'a [f32],
+    statistic: &'a [f32],
+    base: &'a [f32],
     w: usize,
     eps: f32,
 }
 
-impl Step for Opposite<'_> {
+impl Step for ColourDifference<'_> {
     #[inline(always)]
     fn row(&self, y: usize, x0: usize, out: &mut [f32]) {
         let (w, eps) = (self.w, self.eps);
         let at_row = (y, x0, out.len());
-        let (data_p, data_q) = (
-            line::<7>(self.data, w, at_row, P),
-            line::<7>(self.data, w, at_row, Q),
+        let [(chroma_a, a), (chroma_b, b)] = self.lines;
+        let (chroma_a, chroma_b) = (
+            line::<7>(chroma_a, w, at_row, a),
+            line::<7>(chroma_b, w, at_row, b),
         );
-        let (green_p, green_q) = (
-            line::<5>(self.green, w, at_row, P),
-            line::<5>(self.green, w, at_row, Q),
+        let (green_a, green_b) = (
+            line::<5>(self.green, w, at_row, a),
+            line::<5>(self.green, w, at_row, b),
         );
-        let pq = line::<1>(self.pq, w, at_row, DOWN)[0];
-        let pq_around = diagonals(self.pq, w, at_row);
+        let base = line::<1>(self.base, w, at_row, DOWN)[0];
+        let statistic = line::<1>(self.statistic, w, at_row, DOWN)[0];
+        let around = diagonals(self.statistic, w, at_row);
         for (j, out) in out.iter_mut().enumerate() {
-            let (green_p, green_q) = (at(&green_p, j), at(&green_q, j));
-            let p = difference_blend(at(&data_p, j), green_p, eps);
-            let q = difference_blend(at(&data_q, j), green_q, eps);
-            *out = green_p[2] + p + refine(pq[j], at(&pq_around, j)) * (q - p);
-        }
-    }
-}
-
-/// Step 5: at green pixels, the colour read from the sites of the column (`along_column`: the
-/// mosaic or step 4's plane) and of the row (the other one).
-struct AtGreen<'a> {
-    data: &'a [f32],
-    along_column: &'a [f32],
-    along_row: &'a [f32],
-    green: &'a [f32],
-    vh: &'a [f32],
-    w: usize,
-    eps: f32,
-}
-
-impl Step for AtGreen<'_> {
-    #[inline(always)]
-    fn row(&self, y: usize, x0: usize, out: &mut [f32]) {
-        let (w, eps) = (self.w, self.eps);
-        let at_row = (y, x0, out.len());
-        let (column, row) = (
-            line::<7>(self.along_column, w, at_row, DOWN),
-            line::<7>(self.along_row, w, at_row, RIGHT),
-        );
-        let (green_down, green_right) = (
-            line::<5>(self.green, w, at_row, DOWN),
-            line::<5>(self.green, w, at_row, RIGHT),
-        );
-        let value = line::<1>(self.data, w, at_row, DOWN)[0];
-        let vh = line::<1>(self.vh, w, at_row, DOWN)[0];
-        let vh_around = diagonals(self.vh, w, at_row);
-        for (j, out) in out.iter_mut().enumerate() {
-            let vertical = difference_blend(at(&column, j), at(&green_down, j), eps);
-            let horizontal = difference_blend(at(&row, j), at(&green_right, j), eps);
-            let vh = refine(vh[j], at(&vh_around, j));
-            *out = value[j] + vertical + vh * (horizontal - vertical);
+            let a = difference_blend(at(&chroma_a, j), at(&green_a, j), eps);
+            let b = difference_blend(at(&chroma_b, j), at(&green_b, j), eps);
+            *out = base[j] + a + refine(statistic[j], at(&around, j)) * (b - a);
         }
     }
 }
